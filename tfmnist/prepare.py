@@ -1,0 +1,260 @@
+"""Turns a dataset from any supported source into sharded TFRecords.
+
+`make_records(config)` is the library function behind tools/make_records.py
+and the automatic preparation in training: read the source, carve a
+stratified validation split out of train, write every split as shards into a
+temporary folder with `info.json`, and rename the folder into place.
+"""
+
+import dataclasses
+import datetime
+import json
+import os
+from typing import Optional
+
+import numpy as np
+from absl import logging
+
+import tfmnist
+from tfmnist import records
+from tfmnist.datasets import IMAGE_SHAPE, get_spec
+from tfmnist.errors import DataError
+from tfmnist.progress import Progress
+from tfmnist.sources import RawSplit, sha256_file
+from tfmnist.sources import csv as csv_source
+from tfmnist.sources import download, idx, npz
+from tfmnist.sources import tfds as tfds_source
+
+SOURCES = ("tfds", "url", "idx", "csv", "npz")
+
+
+@dataclasses.dataclass
+class PrepareConfig:
+  """How to make the records of one dataset (see tools/make_records.py flags)."""
+  dataset: str
+  source: str = ""  # One of SOURCES; empty infers it from the other fields.
+  source_dir: str = ""
+  train_csv: str = ""
+  test_csv: str = ""
+  extra_csv: tuple = ()  # "split=path" pairs, e.g. "dig=Dig-MNIST.csv".
+  output_dir: str = "records"
+  validation_size: float = 0.1  # Fraction of train when < 1, else a count.
+  num_shards: int = 8  # Shards of the train split; others get as many per image.
+  overwrite: bool = False
+  seed: int = 0
+  download_base_url: str = ""
+  cache_dir: str = ""
+  tfds_data_dir: str = ""
+  label_column: str = ""
+  id_column: str = ""
+  class_names: tuple = ()
+  transpose: Optional[bool] = None  # Override the dataset's IDX orientation.
+  show_progress: bool = True
+
+
+def infer_source(config):
+  """The source implied by the given paths, or the built-in default."""
+  if config.source:
+    if config.source not in SOURCES:
+      raise DataError(f"unknown source {config.source!r}; choose one of {', '.join(SOURCES)}")
+    return config.source
+  if config.train_csv or config.test_csv or config.extra_csv:
+    return "csv"
+  if config.source_dir:
+    path = config.source_dir
+    if path.endswith(".npz") or (os.path.isdir(path) and any(
+        n.endswith(".npz") for n in os.listdir(path))):
+      return "npz"
+    return "idx"
+  return "url" if download.mirror_base_url(config.download_base_url) else "tfds"
+
+
+def load_source(config, spec):
+  """Reads every split of the configured source.
+
+  Returns:
+    {split: RawSplit}.
+  """
+  source = infer_source(config)
+  if source == "csv":
+    csvs = [("train", config.train_csv), ("test", config.test_csv)]
+    for pair in config.extra_csv:
+      name, sep, path = pair.partition("=")
+      if not sep or not name or not path:
+        raise DataError(f"--extra_csv {pair!r}: expected split=path")
+      csvs.append((name, path))
+    splits = {}
+    for split, path in csvs:
+      if path:
+        splits[split] = csv_source.read_csv(path, spec.num_classes,
+                                            config.label_column or None,
+                                            config.id_column or None)
+    if not splits:
+      raise DataError("--source=csv needs --train_csv and/or --test_csv")
+    return splits
+  if source in ("idx", "npz"):
+    if not config.source_dir:
+      raise DataError(f"--source={source} needs --source_dir")
+    if source == "idx":
+      return idx.load_idx_dir(config.source_dir, spec)
+    return npz.load_npz(config.source_dir, spec)
+  base_url = download.mirror_base_url(config.download_base_url)
+  if source == "tfds":
+    try:
+      return tfds_source.load_tfds(spec, config.tfds_data_dir or None)
+    except Exception as e:  # pylint: disable=broad-except
+      if not spec.files:
+        raise
+      logging.warning("tensorflow-datasets could not provide %s (%s); "
+                      "downloading the official files instead", spec.name,
+                      str(e).splitlines()[0] if str(e) else type(e).__name__)
+  return download.download_official(spec, base_url, config.cache_dir or None,
+                                    config.show_progress)
+
+
+def stratified_split(labels, size, seed):
+  """Indices (keep, held_out) with `size` held out in class proportions.
+
+  Args:
+    labels: int array [N].
+    size: fraction of N when < 1, else a count.
+    seed: shuffling seed.
+
+  Returns:
+    Two sorted index arrays; every class keeps its share of the held-out part
+    (largest remainders decide the rounding).
+  """
+  n = len(labels)
+  count = int(round(size * n)) if size < 1 else int(size)
+  if count < 0 or count >= n:
+    raise DataError(f"--validation_size {size} must leave examples for training (N={n})")
+  if count == 0:
+    return np.arange(n), np.arange(0)
+  classes, class_counts = np.unique(labels, return_counts=True)
+  exact = class_counts * count / n
+  take = np.floor(exact).astype(np.int64)
+  remainder_order = np.argsort(-(exact - take), kind="stable")
+  take[remainder_order[:count - take.sum()]] += 1
+  rng = np.random.default_rng(seed)
+  held = [rng.permutation(np.flatnonzero(labels == c))[:k] for c, k in zip(classes, take)]
+  held = np.sort(np.concatenate(held))
+  keep = np.setdiff1d(np.arange(n), held, assume_unique=True)
+  return keep, held
+
+
+def _image_keys(images):
+  flat = np.ascontiguousarray(images).reshape(len(images), -1)
+  return flat.view(np.dtype((np.void, flat.shape[1]))).ravel()
+
+
+def duplicate_counts(splits):
+  """Exact duplicate images within each split and across each pair of splits.
+
+  Returns:
+    {"within": {split: n}, "across": {"a/b": images of b also in a}}.
+  """
+  keys = {name: _image_keys(s.images) for name, s in splits.items()}
+  within = {name: int(len(k) - len(np.unique(k))) for name, k in keys.items()}
+  across = {}
+  names = list(splits)
+  for i, a in enumerate(names):
+    for b in names[i + 1:]:
+      _, inverse = np.unique(np.concatenate([keys[a], keys[b]]), return_inverse=True)
+      across[f"{a}/{b}"] = int(np.isin(inverse[len(keys[a]):], inverse[:len(keys[a])]).sum())
+  return {"within": within, "across": across}
+
+
+def pixel_statistics(images):
+  """Mean and standard deviation of the pixels scaled to [0, 1].
+
+  Computed from the 256-bin histogram: exact, and no float copy of the images.
+  """
+  hist = np.bincount(images.ravel(), minlength=256).astype(np.float64)
+  values = np.arange(256) / 255.0
+  mean = (hist * values).sum() / hist.sum()
+  std = np.sqrt((hist * (values - mean) ** 2).sum() / hist.sum())
+  return float(mean), float(std)
+
+
+def _split_summary(raw, num_classes):
+  summary = {"count": len(raw), "labeled": raw.labels is not None}
+  if raw.labels is not None:
+    summary["label_histogram"] = np.bincount(raw.labels, minlength=num_classes).tolist()
+  return summary
+
+
+def _take(raw, order):
+  return RawSplit(raw.images[order], None if raw.labels is None else raw.labels[order],
+                  None if raw.ids is None else raw.ids[order], raw.files)
+
+
+def make_records(config):
+  """Writes `<output_dir>/<dataset>/` for `config`; returns (folder, info)."""
+  spec = get_spec(config.dataset, config.class_names)
+  if config.transpose is not None:
+    spec = dataclasses.replace(spec, transposed=config.transpose)
+  if config.num_shards < 1:
+    raise DataError(f"--num_shards must be at least 1, got {config.num_shards}")
+  final = records.dataset_dir(config.output_dir, spec.name)
+  if os.path.exists(final) and not config.overwrite:
+    raise DataError(f"{final}: already exists; pass --overwrite to replace it")
+  source = infer_source(config)
+  raw = load_source(config, spec)
+  # Source positions survive the shuffles below, so the order is recoverable.
+  indices = {name: np.arange(len(s)) for name, s in raw.items()}
+  splits = {}
+  if "train" in raw and raw["train"].labels is not None and config.validation_size > 0:
+    keep, held = stratified_split(raw["train"].labels, config.validation_size, config.seed)
+    splits["train"], indices["train"], splits["validation"], indices["validation"] = (
+        _take(raw["train"], keep), keep, _take(raw["train"], held), held)
+  for name, s in raw.items():
+    splits.setdefault(name, s)
+  # Shuffle train and validation once so that every shard mixes all classes
+  # (file-sharded workers then see balanced data); test keeps source order.
+  rng = np.random.default_rng(config.seed)
+  for name in ("train", "validation"):
+    if name in splits:
+      order = rng.permutation(len(splits[name]))
+      splits[name], indices[name] = _take(splits[name], order), indices[name][order]
+
+  num_train = len(splits["train"]) if "train" in splits else max(map(len, splits.values()))
+  total = sum(map(len, splits.values()))
+  info = {
+      "schema_version": records.SCHEMA_VERSION,
+      "dataset": spec.name,
+      "class_names": list(spec.class_names),
+      "num_classes": spec.num_classes,
+      "digits": spec.digits,
+      "image_shape": list(IMAGE_SHAPE),
+      "source": source,
+      "seed": config.seed,
+      "validation_size": config.validation_size,
+      "tool_version": tfmnist.__version__,
+      "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+      "splits": {},
+  }
+  with records.atomic_folder(final, config.overwrite) as tmp:
+    bar = Progress(total, "images", desc=f"writing {spec.name}", enabled=config.show_progress)
+    for name, s in splits.items():
+      num_shards = max(1, min(len(s), round(config.num_shards * len(s) / num_train)))
+      if name == "train":
+        num_shards = min(config.num_shards, len(s))
+      summary = _split_summary(s, spec.num_classes)
+      summary["shards"] = records.write_split(
+          tmp, name, s.images, s.labels, indices[name], s.ids, num_shards, bar)
+      info["splits"][name] = summary
+    if "train" in splits:
+      info["pixel_mean"], info["pixel_std"] = pixel_statistics(splits["train"].images)
+    info["duplicates"] = duplicate_counts(splits)
+    files = sorted({f for s in raw.values() for f in s.files})
+    info["source_files"] = [
+        {"path": os.path.abspath(f), "sha256": sha256_file(f)} if os.path.exists(f)
+        else {"path": f} for f in files]
+    for split in info["splits"].values():
+      for shard in split["shards"]:
+        shard["sha256"] = sha256_file(os.path.join(tmp, shard["file"]))
+    with open(os.path.join(tmp, records.INFO_FILE), "w") as f:
+      json.dump(info, f, indent=1)
+  logging.info("Wrote %s: %s", final,
+               ", ".join(f"{k} {v['count']}" for k, v in info["splits"].items()))
+  return final, info
