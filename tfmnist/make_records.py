@@ -13,7 +13,7 @@ import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from absl import app, flags  # pylint: disable=g-import-not-at-top
+from absl import app, flags, logging  # pylint: disable=g-import-not-at-top
 
 from tfmnist import prepare  # pylint: disable=g-import-not-at-top
 from tfmnist.errors import DataError  # pylint: disable=g-import-not-at-top
@@ -68,6 +68,8 @@ _PROGRESS = flags.DEFINE_bool("progress", True, "Show progress bars.")
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  if not flags.FLAGS["verbosity"].present:  # Library INFO chatter hides the progress bar.
+    logging.set_verbosity(logging.WARNING)
   class_names = tuple(_CLASS_NAMES.value) or tuple(str(i) for i in range(_NUM_CLASSES.value))
   config = prepare.PrepareConfig(
       dataset=_DATASET.value, source=_SOURCE.value, source_dir=_SOURCE_DIR.value,

@@ -1,0 +1,135 @@
+"""Classic networks: an MLP, LeNet-5, the seed LeNet, the Kaggle CNN and a deep BN net."""
+
+import keras
+
+from tfmnist.models import register
+from tfmnist.models.layers import Dropout, batch_norm
+
+L = keras.layers
+
+
+class Sequence(keras.Model):
+  """A model that applies its layers in order, passing training/noise where used."""
+
+  def __init__(self, layers, name=None):
+    super().__init__(name=name)
+    self.stack = layers
+
+  def call(self, images, training=False, noise=None):
+    x = images
+    for layer in self.stack:
+      if isinstance(layer, Dropout):
+        x = layer(x, training=training, noise=noise)
+      elif isinstance(layer, L.BatchNormalization):
+        x = layer(x, training=training)
+      else:
+        x = layer(x)
+    return x
+
+
+def _logits(num_classes):
+  # float32 logits keep the softmax and loss exact under mixed precision.
+  return L.Dense(num_classes, dtype="float32", name="logits")
+
+
+@register("mlp")
+class MLP(Sequence):
+  """Fully connected network: 784 -> hidden -> ... -> classes, ReLU, dropout."""
+
+  def __init__(self, num_classes, hidden_units=(512, 512), dropout=0.2):
+    layers = [L.Flatten()]
+    for i, units in enumerate(hidden_units):
+      layers += [L.Dense(units, activation="relu"), Dropout(dropout, salt=i)]
+    super().__init__(layers + [_logits(num_classes)], name="mlp")
+
+
+@register("lenet5")
+class LeNet5(Sequence):
+  """LeNet-5 (LeCun et al. 1998): C1-S2-C3-S4-C5-F6, tanh, average pooling.
+
+  The 28x28 input is padded to the paper's 32x32 by C1's "same" padding;
+  C3 is fully connected to S2 (the paper's sparse table is a detail of its
+  time). 61,706 parameters.
+  """
+
+  def __init__(self, num_classes):
+    super().__init__([
+        L.Conv2D(6, 5, padding="same", activation="tanh"),   # C1: 28x28x6
+        L.AveragePooling2D(2),                                # S2: 14x14x6
+        L.Conv2D(16, 5, activation="tanh"),                   # C3: 10x10x16
+        L.AveragePooling2D(2),                                # S4: 5x5x16
+        L.Conv2D(120, 5, activation="tanh"),                  # C5: 1x1x120
+        L.Flatten(),
+        L.Dense(84, activation="tanh"),                       # F6
+        _logits(num_classes),
+    ], name="lenet5")
+
+
+@register("lenet")
+class LeNet(Sequence):
+  """The seed notebook's network (Keras mnist_cnn example): 1,199,882 parameters.
+
+  Conv 32 3x3, Conv 64 3x3, MaxPool 2, Dropout .25, Dense 128, Dropout .5.
+  """
+
+  def __init__(self, num_classes):
+    super().__init__([
+        L.Conv2D(32, 3, activation="relu"),
+        L.Conv2D(64, 3, activation="relu"),
+        L.MaxPooling2D(2),
+        Dropout(0.25, salt=0),
+        L.Flatten(),
+        L.Dense(128, activation="relu"),
+        Dropout(0.5, salt=1),
+        _logits(num_classes),
+    ], name="lenet")
+
+
+@register("kaggle_cnn")
+class KaggleCNN(Sequence):
+  """The 99.7% Kaggle Digit Recognizer network: 887,530 parameters.
+
+  [Conv 32 5x5 same] x2, MaxPool, Dropout .25, [Conv 64 3x3 same] x2,
+  MaxPool 2 stride 2, Dropout .25, Dense 256, Dropout .5.
+  """
+
+  def __init__(self, num_classes):
+    super().__init__([
+        L.Conv2D(32, 5, padding="same", activation="relu"),
+        L.Conv2D(32, 5, padding="same", activation="relu"),
+        L.MaxPooling2D(2),
+        Dropout(0.25, salt=0),
+        L.Conv2D(64, 3, padding="same", activation="relu"),
+        L.Conv2D(64, 3, padding="same", activation="relu"),
+        L.MaxPooling2D(2, strides=2),
+        Dropout(0.25, salt=1),
+        L.Flatten(),
+        L.Dense(256, activation="relu"),
+        Dropout(0.5, salt=2),
+        _logits(num_classes),
+    ], name="kaggle_cnn")
+
+
+@register("deep_cnn")
+class DeepCNN(Sequence):
+  """A 13-layer ConvNet with BatchNorm and LeakyReLU (the Kannada-MNIST report's).
+
+  Three blocks of [Conv 3x3, BN, LeakyReLU(0.1)] x3 (64, 128, 256 filters),
+  each followed by MaxPool and Dropout, then Dense 256 (BN, LeakyReLU),
+  Dense 128 (BN, LeakyReLU), Dense classes: a stem conv, 9 block convs and
+  3 dense layers make 13 weight layers.
+  """
+
+  def __init__(self, num_classes, dropout=0.3):
+    layers = [L.Conv2D(32, 3, padding="same", use_bias=False), batch_norm(),
+              L.LeakyReLU(0.1)]
+    for block, filters in enumerate((64, 128, 256)):
+      for _ in range(3):
+        layers += [L.Conv2D(filters, 3, padding="same", use_bias=False), batch_norm(),
+                   L.LeakyReLU(0.1)]
+      layers += [L.MaxPooling2D(2, padding="same"), Dropout(dropout, salt=block)]
+    layers += [L.Flatten()]
+    for i, units in enumerate((256, 128)):
+      layers += [L.Dense(units, use_bias=False), batch_norm(), L.LeakyReLU(0.1),
+                 Dropout(dropout, salt=10 + i)]
+    super().__init__(layers + [_logits(num_classes)], name="deep_cnn")

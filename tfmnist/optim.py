@@ -1,0 +1,65 @@
+"""Optimizers by name, with weight decay, EMA and loss scaling."""
+
+import dataclasses
+
+import keras
+
+OPTIMIZERS = ("adam", "adamw", "rmsprop", "sgd")
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimizerConfig:
+  """Optimizer settings.
+
+  Attributes:
+    name: one of OPTIMIZERS.
+    momentum: SGD/RMSprop momentum.
+    nesterov: Nesterov momentum for SGD.
+    beta_1, beta_2: Adam/AdamW moment decays.
+    rho: RMSprop decay of the squared-gradient average.
+    epsilon: denominator guard (Adam, RMSprop).
+    weight_decay: decoupled weight decay per step (0 = off).
+    ema_decay: decay of the exponential moving average of the weights used
+      for evaluation and export (0 = off).
+  """
+  name: str = "adam"
+  momentum: float = 0.0
+  nesterov: bool = False
+  beta_1: float = 0.9
+  beta_2: float = 0.999
+  rho: float = 0.9
+  epsilon: float = 1e-7
+  weight_decay: float = 0.0
+  ema_decay: float = 0.0
+
+
+def create(config, learning_rate, loss_scaling=False):
+  """Builds the Keras optimizer.
+
+  Args:
+    config: OptimizerConfig.
+    learning_rate: float or a LearningRateSchedule.
+    loss_scaling: wrap in a dynamic LossScaleOptimizer (mixed_float16).
+  """
+  common = dict(learning_rate=learning_rate,
+                weight_decay=config.weight_decay or None,
+                use_ema=config.ema_decay > 0,
+                ema_momentum=config.ema_decay or 0.99)
+  if config.name == "adam":
+    optimizer = keras.optimizers.Adam(beta_1=config.beta_1, beta_2=config.beta_2,
+                                      epsilon=config.epsilon, **common)
+  elif config.name == "adamw":
+    optimizer = keras.optimizers.AdamW(beta_1=config.beta_1, beta_2=config.beta_2,
+                                       epsilon=config.epsilon,
+                                       **{**common, "weight_decay": config.weight_decay})
+  elif config.name == "rmsprop":
+    optimizer = keras.optimizers.RMSprop(rho=config.rho, momentum=config.momentum,
+                                         epsilon=config.epsilon, **common)
+  elif config.name == "sgd":
+    optimizer = keras.optimizers.SGD(momentum=config.momentum, nesterov=config.nesterov,
+                                     **common)
+  else:
+    raise ValueError(f"unknown optimizer {config.name!r}; choose one of {', '.join(OPTIMIZERS)}")
+  if loss_scaling:
+    optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+  return optimizer

@@ -1,0 +1,529 @@
+"""The training loop: `train_and_evaluate(config)`.
+
+An eager outer loop owns checkpoints, evaluation, summaries and the progress
+bar; it calls a traced inner loop that runs `steps` train steps per call with
+`strategy.run` (the loop count is a tensor, so it never retraces).
+"""
+
+import dataclasses
+import json
+import math
+import os
+import signal
+import time
+from typing import Optional
+
+import keras
+import numpy as np
+import tensorflow as tf
+from absl import logging
+
+import tfmnist
+from tfmnist import augment as augment_lib
+from tfmnist import data, export, models, optim, records, schedules, summaries
+from tfmnist.errors import DataError
+from tfmnist.models.layers import Noise
+from tfmnist.progress import Progress
+
+STRATEGIES = ("default", "one_device", "mirrored", "multi_worker", "tpu")
+PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
+
+
+class NonFiniteLoss(RuntimeError):
+  """The loss became NaN or infinite; the message names the step."""
+
+
+@dataclasses.dataclass
+class TrainConfig:
+  """Everything a run needs; built once by the entry point from its flags.
+
+  Durations are in epochs here (as users think of them) and are turned into
+  steps once, when the steps per epoch are known.
+  """
+  model_dir: str
+  dataset: str = "mnist"
+  records_dir: str = "records"
+  source_dir: str = ""  # Local files to prepare missing records from.
+  model: str = "lenet"
+  epochs: float = 15
+  global_batch_size: int = 128
+  eval_batch_size: int = 1000
+  strategy: str = "default"
+  num_virtual_devices: int = 0
+  tpu: str = ""
+  deterministic: bool = False
+  seed: int = 0
+  optimizer: optim.OptimizerConfig = dataclasses.field(default_factory=optim.OptimizerConfig)
+  learning_rate: float = 1e-3
+  schedule: str = "constant"
+  warmup_epochs: float = 0.0
+  decay_epochs: float = 1.0
+  decay_rate: float = 0.1
+  final_lr_fraction: float = 0.0
+  plateau: schedules.PlateauConfig = dataclasses.field(default_factory=schedules.PlateauConfig)
+  label_smoothing: float = 0.0
+  clip_norm: float = 0.0
+  precision: str = "float32"
+  steps_per_loop: int = 50
+  checkpoint_every_steps: int = 0
+  keep_checkpoints: int = 3
+  early_stopping_patience: int = 0
+  augment: augment_lib.AugmentConfig = dataclasses.field(
+      default_factory=augment_lib.AugmentConfig)
+  sharding: str = "auto"
+  validation_split: str = "validation"
+  export: bool = True
+  progress: bool = True
+  flags_text: str = ""  # The flags of the run, saved as flags.txt and in TensorBoard.
+
+
+# ----------------------------------------------------------------------------
+# Strategy
+# ----------------------------------------------------------------------------
+
+
+def create_strategy(config):
+  """The tf.distribute strategy named by `config.strategy`."""
+  if config.num_virtual_devices > 1:
+    cpus = tf.config.list_physical_devices("CPU")
+    tf.config.set_logical_device_configuration(
+        cpus[0], [tf.config.LogicalDeviceConfiguration()] * config.num_virtual_devices)
+  name = config.strategy
+  if name == "default":
+    return tf.distribute.get_strategy()
+  if name == "one_device":
+    gpus = tf.config.list_logical_devices("GPU")
+    return tf.distribute.OneDeviceStrategy(gpus[0].name if gpus else "/cpu:0")
+  if name == "mirrored":
+    devices = None
+    if not tf.config.list_logical_devices("GPU"):
+      devices = [d.name for d in tf.config.list_logical_devices("CPU")]
+    return tf.distribute.MirroredStrategy(devices)
+  if name == "multi_worker":
+    return tf.distribute.MultiWorkerMirroredStrategy()
+  if name == "tpu":
+    resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=config.tpu)
+    tf.config.experimental_connect_to_cluster(resolver)
+    tf.tpu.experimental.initialize_tpu_system(resolver)
+    return tf.distribute.TPUStrategy(resolver)
+  raise ValueError(f"unknown strategy {name!r}; choose one of {', '.join(STRATEGIES)}")
+
+
+# ----------------------------------------------------------------------------
+# Input
+# ----------------------------------------------------------------------------
+
+
+def ensure_records(config):
+  """info.json of the dataset, preparing the records first when they are missing."""
+  try:
+    return records.read_info(config.records_dir, config.dataset)
+  except DataError:
+    pass
+  from tfmnist import prepare  # pylint: disable=g-import-not-at-top
+  print(f"Records of {config.dataset} not found in {config.records_dir}/; preparing them "
+        f"with make_records{' from ' + config.source_dir if config.source_dir else ''}.")
+  try:
+    prepare.make_records(prepare.PrepareConfig(
+        dataset=config.dataset, source_dir=config.source_dir,
+        output_dir=config.records_dir, show_progress=config.progress))
+  except DataError as e:
+    raise DataError(
+        f"no records for {config.dataset} and they could not be prepared ({e}); run "
+        f"`python tools/make_records.py --dataset={config.dataset} "
+        f"--output_dir={config.records_dir}` with a --source_dir or --train_csv of local "
+        "files") from None
+  return records.read_info(config.records_dir, config.dataset)
+
+
+# ----------------------------------------------------------------------------
+# Run state
+# ----------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Run:
+  """The objects of one run, created in the strategy scope."""
+  strategy: tf.distribute.Strategy
+  model: keras.Model
+  optimizer: keras.optimizers.Optimizer
+  plateau: schedules.Plateau
+  step: tf.Variable
+  best_accuracy: tf.Variable
+  stale_epochs: tf.Variable
+  train_loss: keras.metrics.Metric
+  train_accuracy: keras.metrics.Metric
+  checkpoint: tf.train.Checkpoint
+
+
+def create_run(config, strategy, info, sample_images, total_steps, steps_per_epoch):
+  """Builds model, optimizer, metrics and checkpoint inside the strategy scope."""
+  schedule_config = schedules.ScheduleConfig(
+      name=config.schedule, base_lr=config.learning_rate, total_steps=total_steps,
+      warmup_steps=int(round(config.warmup_epochs * steps_per_epoch)),
+      decay_steps=max(1, int(round(config.decay_epochs * steps_per_epoch))),
+      decay_rate=config.decay_rate, final_lr_fraction=config.final_lr_fraction)
+  with strategy.scope():
+    model = models.create(config.model, info["num_classes"])
+    # Keras 3 builds a subclassed model only when called on real data.
+    model(data.normalize(sample_images), training=False)
+    plateau = schedules.Plateau(config.plateau)
+    optimizer = optim.create(config.optimizer,
+                             schedules.ScaledSchedule(schedule_config, plateau.scale),
+                             loss_scaling=config.precision == "mixed_float16")
+    optimizer.build(model.trainable_variables)
+    step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
+    best_accuracy = tf.Variable(-1.0, trainable=False, name="best_accuracy")
+    stale_epochs = tf.Variable(0, dtype=tf.int64, trainable=False, name="stale_epochs")
+    train_loss = keras.metrics.Mean("loss")
+    train_accuracy = keras.metrics.SparseCategoricalAccuracy("accuracy")
+    checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, plateau=plateau,
+                                     step=step, best_accuracy=best_accuracy,
+                                     stale_epochs=stale_epochs)
+  return Run(strategy, model, optimizer, plateau, step, best_accuracy, stale_epochs,
+             train_loss, train_accuracy, checkpoint)
+
+
+def current_lr(run):
+  return float(run.optimizer.learning_rate.numpy())
+
+
+# ----------------------------------------------------------------------------
+# Update step
+# ----------------------------------------------------------------------------
+
+
+def make_train_loop(config, run, per_replica_batch_size):
+  """The traced inner loop: `loop(iterator, num_steps)` -> losses of each step."""
+  strategy, model, optimizer = run.strategy, run.model, run.optimizer
+  global_batch = config.global_batch_size
+  loss_scaling = config.precision == "mixed_float16"
+
+  def clip(grads):
+    # The clip factor comes from the norm of the summed gradient, which is
+    # what one replica would clip on; the optimizer then sums the scaled
+    # per-replica gradients.
+    context = tf.distribute.get_replica_context()
+    total = context.all_reduce(tf.distribute.ReduceOp.SUM, grads)
+    norm = tf.linalg.global_norm(total)
+    factor = tf.minimum(1.0, config.clip_norm / tf.maximum(norm, 1e-12))
+    return [g * factor for g in grads]
+
+  def train_step(batch, step):
+    """One update; runs in replica context."""
+    context = tf.distribute.get_replica_context()
+    offset = context.replica_id_in_sync_group * per_replica_batch_size
+    images = data.normalize(batch["image"])
+    images = augment_lib.augment(images, config.augment, config.seed, step, offset, global_batch)
+    noise = Noise(tf.random.experimental.stateless_fold_in(
+        tf.constant([config.seed, 0x5EED], tf.int64), step), offset, global_batch)
+    labels = batch["label"]
+    with tf.GradientTape() as tape:
+      logits = model(images, training=True, noise=noise)
+      depth = logits.shape[-1]
+      targets = tf.one_hot(labels, depth)
+      if config.label_smoothing:
+        targets = targets * (1 - config.label_smoothing) + config.label_smoothing / depth
+      per_example = tf.nn.softmax_cross_entropy_with_logits(targets, tf.cast(logits, tf.float32))
+      # Average over the global batch: the optimizer sums the replicas' gradients.
+      loss = tf.nn.compute_average_loss(per_example, global_batch_size=global_batch)
+      if model.losses:
+        loss += tf.nn.scale_regularization_loss(tf.add_n(model.losses))
+      scaled = optimizer.scale_loss(loss) if loss_scaling else loss
+    grads = tape.gradient(scaled, model.trainable_variables)
+    if config.clip_norm:
+      grads = clip(grads)
+    optimizer.apply_gradients(zip(grads, model.trainable_variables))
+    run.train_loss.update_state(per_example)
+    run.train_accuracy.update_state(labels, logits)
+    return loss
+
+  @tf.function
+  def train_loop(iterator, num_steps):
+    """Runs `num_steps` steps; cross-replica context. Returns each step's loss."""
+    losses = tf.TensorArray(tf.float32, size=num_steps)
+    for i in tf.range(num_steps):
+      per_replica = strategy.run(train_step, args=(next(iterator), run.step.read_value()))
+      losses = losses.write(i, strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, None))
+      run.step.assign_add(1)
+    return losses.stack()
+
+  return train_loop
+
+
+def make_eval_fn(run):
+  """Traced evaluation step over one distributed batch; cross-replica context."""
+  strategy, model = run.strategy, run.model
+
+  def eval_step(batch):
+    logits = tf.cast(model(data.normalize(batch["image"]), training=False), tf.float32)
+    mask = batch["mask"]
+    labels = tf.maximum(batch["label"], 0)
+    per_example = tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits)
+    predictions = tf.argmax(logits, -1, output_type=tf.int32)
+    correct = tf.cast(tf.equal(predictions, batch["label"]), tf.float32)
+    sums = tf.stack([tf.reduce_sum(per_example * mask), tf.reduce_sum(correct * mask),
+                     tf.reduce_sum(mask)])
+    return sums, predictions, batch["label"], batch["index"], mask
+
+  @tf.function
+  def eval_batch(batch):
+    sums, predictions, labels, index, mask = strategy.run(eval_step, args=(batch,))
+    return (strategy.reduce(tf.distribute.ReduceOp.SUM, sums, None),
+            strategy.gather(predictions, 0), strategy.gather(labels, 0),
+            strategy.gather(index, 0), strategy.gather(mask, 0))
+
+  return eval_batch
+
+
+def evaluate(run, eval_fn, dataset):
+  """Loss, accuracy and the mistakes over a distributed eval dataset.
+
+  Returns:
+    ({"loss", "accuracy", "count"}, {"index", "label", "prediction"} of mistakes)
+  """
+  totals = np.zeros(3)
+  wrong = {"index": [], "label": [], "prediction": []}
+  for batch in dataset:
+    sums, predictions, labels, index, mask = eval_fn(batch)
+    totals += sums.numpy()
+    keep = (mask.numpy() > 0) & (predictions.numpy() != labels.numpy())
+    wrong["index"].append(index.numpy()[keep])
+    wrong["label"].append(labels.numpy()[keep])
+    wrong["prediction"].append(predictions.numpy()[keep])
+  loss_sum, correct, count = totals
+  metrics = {"loss": loss_sum / max(count, 1), "accuracy": correct / max(count, 1),
+             "count": int(count)}
+  return metrics, {k: np.concatenate(v) for k, v in wrong.items()}
+
+
+class EmaWeights:
+  """Context that swaps the EMA of the weights in (evaluation, export) and back."""
+
+  def __init__(self, run, enabled):
+    self.run, self.enabled = run, enabled
+    self.saved = None
+
+  def __enter__(self):
+    if self.enabled:
+      variables = self.run.model.trainable_variables
+      self.saved = [tf.identity(v) for v in variables]
+      self.run.optimizer.finalize_variable_values(variables)
+    return self
+
+  def __exit__(self, *exc):
+    if self.saved is not None:
+      for variable, value in zip(self.run.model.trainable_variables, self.saved):
+        variable.assign(value)
+      self.saved = None
+
+
+# ----------------------------------------------------------------------------
+# Checkpoints
+# ----------------------------------------------------------------------------
+
+
+def restore_latest(manager, checkpoint):
+  """Restores the newest readable checkpoint, falling back past damaged ones.
+
+  Returns:
+    The path restored, or None for a fresh start.
+  """
+  for path in reversed(manager.checkpoints):
+    try:
+      checkpoint.restore(path).assert_existing_objects_matched()
+      return path
+    except (tf.errors.OpError, AssertionError, ValueError) as e:
+      logging.warning("Checkpoint %s is damaged (%s); trying the previous one", path,
+                      str(e).splitlines()[0])
+      print(f"warning: checkpoint {path} is damaged; falling back to the previous one")
+  return None
+
+
+class Preemption:
+  """Turns SIGTERM into a request to checkpoint and stop at the next loop boundary."""
+
+  def __init__(self):
+    self.requested = False
+    self._previous = None
+
+  def __enter__(self):
+    try:
+      self._previous = signal.signal(signal.SIGTERM, self._handle)
+    except ValueError:  # Not the main thread: leave signals alone.
+      self._previous = None
+    return self
+
+  def _handle(self, signum, frame):
+    del signum, frame
+    self.requested = True
+
+  def __exit__(self, *exc):
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+
+
+# ----------------------------------------------------------------------------
+# The loop
+# ----------------------------------------------------------------------------
+
+
+def _check_config(config, info, strategy):
+  if config.precision not in PRECISIONS:
+    raise ValueError(f"unknown precision {config.precision!r}; choose one of "
+                     f"{', '.join(PRECISIONS)}")
+  replicas = strategy.num_replicas_in_sync
+  if config.global_batch_size % replicas:
+    raise ValueError(f"global batch size {config.global_batch_size} does not divide among "
+                     f"{replicas} replicas")
+  if config.eval_batch_size % replicas:
+    raise ValueError(f"eval batch size {config.eval_batch_size} does not divide among "
+                     f"{replicas} replicas")
+  augment_lib.validate(config.augment, info.get("digits", False))
+  if config.validation_split not in info["splits"]:
+    raise DataError(f"{config.dataset} has no {config.validation_split!r} split (has "
+                    f"{', '.join(info['splits'])}); make the records with --validation_size")
+
+
+def train_and_evaluate(config):
+  """Trains, evaluates on the validation split every epoch, checkpoints and exports.
+
+  Rerunning with the same model_dir resumes from the newest checkpoint.
+
+  Returns:
+    dict of final metrics (also written to <model_dir>/metrics.json).
+  """
+  if config.deterministic:
+    tf.config.experimental.enable_op_determinism()
+  keras.utils.set_random_seed(config.seed)
+  keras.mixed_precision.set_global_policy(config.precision)
+  strategy = create_strategy(config)
+  info = ensure_records(config)
+  _check_config(config, info, strategy)
+  is_chief = summaries.is_chief(strategy)
+  work_dir = summaries.worker_dir(config.model_dir, strategy)
+  os.makedirs(work_dir, exist_ok=True)
+
+  train_files = records.split_files(config.records_dir, config.dataset, "train")
+  shard_counts = [s["count"] for s in info["splits"]["train"]["shards"]]
+  val_files = records.split_files(config.records_dir, config.dataset, config.validation_split)
+  steps_per_epoch = data.pipeline_steps(shard_counts, config.global_batch_size,
+                                        data.num_input_pipelines(strategy), config.sharding)
+  total_steps = int(math.ceil(config.epochs * steps_per_epoch))
+  per_replica = config.global_batch_size // strategy.num_replicas_in_sync
+  val_examples = data.read_examples(val_files)
+  run = create_run(config, strategy, info, val_examples.image[:per_replica], total_steps,
+                   steps_per_epoch)
+
+  manager = tf.train.CheckpointManager(run.checkpoint, os.path.join(work_dir, "checkpoints"),
+                                       max_to_keep=config.keep_checkpoints)
+  best_manager = tf.train.CheckpointManager(run.checkpoint, os.path.join(work_dir, "best"),
+                                            max_to_keep=1, checkpoint_name="best")
+  # Every worker restores what the chief saved; non-chief copies are scratch.
+  restored = restore_latest(
+      manager if is_chief else tf.train.CheckpointManager(
+          run.checkpoint, os.path.join(config.model_dir, "checkpoints"), max_to_keep=None),
+      run.checkpoint)
+  start_step = int(run.step.numpy())
+  if restored:
+    print(f"Resuming from {restored} at step {start_step} of {total_steps}.")
+  if is_chief:
+    summaries.write_run_files(config, info, work_dir)
+
+  dataset, _ = data.distribute_train(strategy, train_files, shard_counts,
+                                     config.global_batch_size, config.seed, start_step,
+                                     config.sharding)
+  val_dataset = data.distribute_eval(strategy, val_files, config.eval_batch_size)
+  iterator = iter(dataset)
+  train_loop = make_train_loop(config, run, per_replica)
+  eval_fn = make_eval_fn(run)
+  writer = summaries.Writers(os.path.join(work_dir, "logs"), enabled=is_chief)
+  if start_step == 0:
+    writer.run_start(config, info, val_examples)
+
+  ema = config.optimizer.ema_decay > 0
+  val_metrics, stopped_early, preempted = {}, False, False
+  step = start_step
+  with Preemption() as preemption:
+    while step < total_steps and not stopped_early:
+      epoch = step // steps_per_epoch
+      epoch_end = min((epoch + 1) * steps_per_epoch, total_steps)
+      bar = Progress(epoch_end - epoch * steps_per_epoch, "steps",
+                     desc=f"epoch {epoch + 1}/{math.ceil(total_steps / steps_per_epoch)}",
+                     enabled=config.progress and is_chief)
+      bar.done = step - epoch * steps_per_epoch
+      run.train_loss.reset_state()
+      run.train_accuracy.reset_state()
+      while step < epoch_end:
+        num_steps = min(config.steps_per_loop, epoch_end - step)
+        if config.checkpoint_every_steps:
+          num_steps = min(num_steps, config.checkpoint_every_steps -
+                          step % config.checkpoint_every_steps)
+        start = time.perf_counter()
+        losses = train_loop(iterator, tf.constant(num_steps, tf.int32)).numpy()
+        seconds = time.perf_counter() - start
+        bad = np.flatnonzero(~np.isfinite(losses))
+        if bad.size:
+          raise NonFiniteLoss(
+              f"loss became {losses[bad[0]]} at step {step + bad[0] + 1}; stopped without "
+              f"saving (the last good checkpoint is {manager.latest_checkpoint})")
+        step += num_steps
+        images_per_second = num_steps * config.global_batch_size / seconds
+        writer.train_loop(step, float(run.train_loss.result()),
+                          float(run.train_accuracy.result()), current_lr(run),
+                          images_per_second, seconds / num_steps)
+        bar.update(num_steps, loss=float(run.train_loss.result()),
+                   acc=float(run.train_accuracy.result()), lr=current_lr(run),
+                   img_s=int(images_per_second))
+        if config.checkpoint_every_steps and step % config.checkpoint_every_steps == 0:
+          manager.save(checkpoint_number=step)
+        if preemption.requested:
+          break
+      if preemption.requested:
+        manager.save(checkpoint_number=step)
+        preempted = True
+        print(f"SIGTERM: saved checkpoint at step {step}; rerun the same command to resume.")
+        break
+      if step % steps_per_epoch == 0 or step == total_steps:
+        val_metrics, stopped_early = _end_epoch(config, run, eval_fn, val_dataset, val_examples,
+                                                info, writer, manager, best_manager, step, ema)
+  writer.flush()
+  if preempted:
+    return {"preempted": True, "step": step}
+  final = {"step": step, "epochs": step / steps_per_epoch, "stopped_early": stopped_early,
+           **{f"val_{k}": v for k, v in val_metrics.items()}}
+  if is_chief:
+    if config.export:
+      with EmaWeights(run, ema):
+        export.export(run.model, info["class_names"], os.path.join(config.model_dir, "export"))
+    with open(os.path.join(config.model_dir, "metrics.json"), "w") as f:
+      json.dump(final, f, indent=1)
+    writer.hparams_end(config, final)
+  summaries.cleanup_worker_dir(work_dir, config.model_dir)
+  return final
+
+
+def _end_epoch(config, run, eval_fn, val_dataset, val_examples, info, writer, manager,
+               best_manager, step, ema):
+  """Validation, plateau, best checkpoint, early stopping and the epoch checkpoint."""
+  with EmaWeights(run, ema):
+    metrics, wrong = evaluate(run, eval_fn, val_dataset)
+  reduced = run.plateau.update({"val_accuracy": metrics["accuracy"],
+                                "val_loss": metrics["loss"]}, current_lr(run))
+  if reduced:
+    print(f"reduce-on-plateau: learning rate now {current_lr(run):.3g}")
+  improved = metrics["accuracy"] > float(run.best_accuracy.numpy())
+  if improved:
+    run.best_accuracy.assign(metrics["accuracy"])
+    run.stale_epochs.assign(0)
+  else:
+    run.stale_epochs.assign_add(1)
+  stop = bool(config.early_stopping_patience and
+              int(run.stale_epochs.numpy()) >= config.early_stopping_patience)
+  writer.validation(step, metrics, wrong, val_examples, info["class_names"])
+  manager.save(checkpoint_number=step)
+  if improved:
+    best_manager.save(checkpoint_number=step)
+  print(f"step {step}: val_loss={metrics['loss']:.4f} val_accuracy={metrics['accuracy']:.4%}"
+        f"{' (best)' if improved else ''}{'; early stop' if stop else ''}")
+  return metrics, stop
