@@ -8,6 +8,7 @@ only when their checksum matches.
 """
 
 import hashlib
+import http.client
 import os
 import urllib.error
 import urllib.request
@@ -48,6 +49,7 @@ def fetch(url, dest, sha256, timeout_seconds=60, show_progress=True):
       logging.info("Using cached %s", dest)
       return dest
     logging.warning("Cached %s has the wrong checksum; downloading again", dest)
+    os.remove(dest)  # The cache keeps verified files only, even if this download fails.
   os.makedirs(os.path.dirname(dest) or ".", exist_ok=True)
   partial = f"{dest}.part-{os.getpid()}"
   digest = hashlib.sha256()
@@ -68,8 +70,9 @@ def fetch(url, dest, sha256, timeout_seconds=60, show_progress=True):
     os.replace(partial, dest)
   except urllib.error.HTTPError as e:
     raise DataError(f"{url}: download failed (HTTP {e.code} {e.reason})") from None
-  except (urllib.error.URLError, OSError) as e:
-    reason = getattr(e, "reason", e)
+  # ValueError: a URL without a scheme; HTTPException: a reply that is not HTTP.
+  except (urllib.error.URLError, OSError, ValueError, http.client.HTTPException) as e:
+    reason = str(getattr(e, "reason", e)).strip()  # BadStatusLine ends in a newline.
     raise DataError(
         f"{url}: download failed ({reason}); offline machines can use local files "
         f"(--source=idx/csv/npz) or a mirror (--download_base_url or ${BASE_URL_ENV})"
