@@ -203,12 +203,20 @@ def make_records(config):
   # Source positions survive the shuffles below, so the order is recoverable.
   indices = {name: np.arange(len(s)) for name, s in raw.items()}
   splits = {}
+  if config.validation_size < 0:
+    raise DataError(f"--validation_size must be >= 0, got {config.validation_size}")
   if "train" in raw and raw["train"].labels is not None and config.validation_size > 0:
     keep, held = stratified_split(raw["train"].labels, config.validation_size, config.seed)
-    splits["train"], indices["train"], splits["validation"], indices["validation"] = (
-        _take(raw["train"], keep), keep, _take(raw["train"], held), held)
-  for name, s in raw.items():
-    splits.setdefault(name, s)
+    if len(held):
+      splits["train"], indices["train"], splits["validation"], indices["validation"] = (
+          _take(raw["train"], keep), keep, _take(raw["train"], held), held)
+    else:
+      logging.warning("--validation_size %s of %d images rounds to 0: no validation split",
+                      config.validation_size, len(raw["train"]))
+  # Train first whatever the source order (IDX names sort t10k before train), so
+  # info.json lists splits and names duplicate pairs ("train/test") the same way.
+  for name in sorted(raw, key=lambda n: n != "train"):
+    splits.setdefault(name, raw[name])
   # Shuffle train and validation once so that every shard mixes all classes
   # (file-sharded workers then see balanced data); test keeps source order.
   rng = np.random.default_rng(config.seed)

@@ -116,13 +116,14 @@ def read_csv(path, num_classes, label_column=None, id_column=None):
   if id_pos is not None:
     ids = np.array([line.split(",", id_pos + 1)[id_pos].strip().strip('"') for line in body])
   keep = [i for i in range(num_columns) if i != id_pos]
+  # comments=None: loadtxt would otherwise drop everything after a "#" silently.
   try:
     values = np.loadtxt(io.StringIO("\n".join(body)), delimiter=",", dtype=np.int64,
-                        usecols=keep, ndmin=2)
+                        usecols=keep, ndmin=2, comments=None)
   except ValueError:
     try:  # Integral values written as floats ("12.0") are still accepted.
       floats = np.loadtxt(io.StringIO("\n".join(body)), delimiter=",",
-                          dtype=np.float64, usecols=keep, ndmin=2)
+                          dtype=np.float64, usecols=keep, ndmin=2, comments=None)
     except ValueError:
       floats = None
     if floats is None or not np.all(np.isfinite(floats)) or np.any(floats != np.round(floats)):

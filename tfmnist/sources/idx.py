@@ -129,7 +129,8 @@ def load_idx_dir(source_dir, spec):
   """
   if not os.path.isdir(source_dir):
     raise DataError(f"{source_dir}: source folder not found")
-  names = sorted(os.listdir(source_dir))
+  # Full paths, so that errors about a pair name the folder too.
+  names = [os.path.join(source_dir, n) for n in sorted(os.listdir(source_dir))]
   pairs = find_idx_files(names, spec.idx_prefix if spec.idx_prefix else None)
   if not pairs and spec.idx_prefix:
     pairs = find_idx_files(names, "")
@@ -138,9 +139,7 @@ def load_idx_dir(source_dir, spec):
         f"{source_dir}: no IDX files (expected names like "
         f"{spec.idx_prefix}train-images-idx3-ubyte.gz)")
   splits = {}
-  for split, (image_name, label_name) in pairs.items():
-    image_path = os.path.join(source_dir, image_name)
-    label_path = os.path.join(source_dir, label_name)
+  for split, (image_path, label_path) in pairs.items():
     raw = decode_split(read_file_bytes(image_path), read_file_bytes(label_path),
                        image_path, label_path, spec)
     raw.files = (image_path, label_path)

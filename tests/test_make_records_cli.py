@@ -1,0 +1,67 @@
+"""Tests of tools/make_records.py as a user runs it (each run imports TensorFlow, ~5 s).
+
+Error cases are covered at the library level in test_prepare.py; these prove the
+command-line contract: exit status, one-line errors, nothing left behind.
+"""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+# TensorFlow's C++ startup messages, printed before absl logging is set up.
+_NOISE_PREFIXES = ("I0000", "E0000", "W0000", "WARNING: All log messages")
+
+
+def run_make_records(*args):
+  """Runs the tool from the repository root; returns (exit code, stdout, stderr lines)."""
+  env = dict(os.environ)
+  env.pop("TF_CPP_MIN_LOG_LEVEL", None)  # The tool's own default applies.
+  result = subprocess.run(
+      [sys.executable, os.path.join("tools", "make_records.py"), "--noprogress", *args],
+      cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=120, check=False)
+  stderr = [line for line in result.stderr.splitlines()
+            if line.strip() and not line.startswith(_NOISE_PREFIXES)]
+  return result.returncode, result.stdout, stderr
+
+
+def test_writes_records_then_refuses_to_overwrite(idx_dir, tmp_path):
+  out = tmp_path / "out"
+
+  code, stdout, stderr = run_make_records(
+      "--dataset=mnist", f"--source_dir={idx_dir}", f"--output_dir={out}", "--num_shards=2")
+
+  assert code == 0, stderr
+  assert stdout.strip() == f"{out / 'mnist'}: train 54, validation 6, test 20"
+  info = json.loads((out / "mnist" / "info.json").read_text())
+  assert [s["file"] for s in info["splits"]["train"]["shards"]] == [
+      "train-00000-of-00002.tfrecord", "train-00001-of-00002.tfrecord"]
+  before = sorted(os.listdir(out / "mnist"))
+
+  code, stdout, stderr = run_make_records(
+      "--dataset=mnist", f"--source_dir={idx_dir}", f"--output_dir={out}")
+
+  assert code != 0 and stdout == ""
+  assert stderr == [f"make_records: error: {out / 'mnist'}: already exists; "
+                    "pass --overwrite to replace it"]
+  assert sorted(os.listdir(out / "mnist")) == before
+  assert os.listdir(out) == ["mnist"]
+
+
+def test_bad_csv_gives_one_line_error_and_no_output(tmp_path, write_csv):
+  header = ["label"] + [f"pixel{i}" for i in range(784)]
+  rows = [[i % 10] + [0] * 784 for i in range(10)]
+  rows[4] = rows[4][:-1]  # Line 6 of the file (after the header) is one cell short.
+  train_csv = write_csv(tmp_path / "train.csv", header, rows)
+  out = tmp_path / "out"
+
+  code, stdout, stderr = run_make_records(
+      "--dataset=digit_recognizer", f"--train_csv={train_csv}", f"--output_dir={out}")
+
+  assert code != 0 and stdout == ""
+  assert len(stderr) == 1, stderr
+  assert stderr[0] == (f"make_records: error: {train_csv}:6: ragged row with 784 columns, "
+                       "expected 785")
+  assert not out.exists()
