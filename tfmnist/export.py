@@ -32,14 +32,17 @@ class ServingModule(tf.Module):
   @tf.function(input_signature=[tf.TensorSpec(None, tf.uint8, name="images")])
   def serve(self, images):
     """Probabilities and classes of uint8 images [N,28,28] or [N,28,28,1]."""
+    message = "images must be uint8 [N, 28, 28] or [N, 28, 28, 1]"
     rank = tf.rank(images)
-    tf.debugging.assert_equal(
-        tf.logical_or(tf.equal(rank, 3), tf.equal(rank, 4)), True,
-        message="images must be uint8 [N, 28, 28] or [N, 28, 28, 1]")
-    images = tf.cond(tf.equal(rank, 3), lambda: tf.expand_dims(images, -1), lambda: images)
-    tf.debugging.assert_equal(tf.shape(images)[1:], tf.constant([28, 28, 1]),
-                              message="images must be uint8 [N, 28, 28] or [N, 28, 28, 1]")
-    images = tf.ensure_shape(images, [None, 28, 28, 1])
+    # The checks gate the ops after them: otherwise the graph may run
+    # ensure_shape first and fail with a message that names no expected shape.
+    with tf.control_dependencies([tf.debugging.assert_equal(
+        tf.logical_or(tf.equal(rank, 3), tf.equal(rank, 4)), True, message=message)]):
+      images = tf.cond(tf.equal(rank, 3), lambda: tf.expand_dims(images, -1),
+                       lambda: tf.identity(images))
+    with tf.control_dependencies([tf.debugging.assert_equal(
+        tf.shape(images)[1:], tf.constant([28, 28, 1]), message=message)]):
+      images = tf.ensure_shape(images, [None, 28, 28, 1])
     x = data.normalize(images)
     probabilities = tf.add_n([tf.nn.softmax(tf.cast(m(x, training=False), tf.float32))
                               for m in self.models]) / len(self.models)

@@ -11,6 +11,7 @@ import dataclasses
 import math
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 SCHEDULES = ("constant", "step", "exponential", "cosine", "onecycle")
@@ -109,7 +110,9 @@ class Plateau(tf.Module):
     """Called eagerly after each validation; returns True when it reduced the rate."""
     if not self.config.monitor:
       return False
-    value = float(metrics[self.config.monitor])
+    # Rounded to float32 as `best` keeps it: a repeat of the best value must
+    # not look better (or worse) than its own float32 copy.
+    value = float(np.float32(metrics[self.config.monitor]))
     sign = -1.0 if self.config.monitor.endswith("loss") else 1.0
     best = float(self.best.numpy())
     if math.isnan(best) or sign * (value - best) > self.config.min_delta:
@@ -121,7 +124,9 @@ class Plateau(tf.Module):
       self.cooldown_left.assign_sub(1)
       self.wait.assign(0)
       return False
-    if int(self.wait.numpy()) >= self.config.patience and current_lr > self.config.min_lr:
+    # The rate is float32: once cut to min_lr it may read a few ulps above it.
+    above_floor = current_lr > self.config.min_lr * (1 + 1e-6)
+    if int(self.wait.numpy()) >= self.config.patience and above_floor:
       new_lr = max(current_lr * self.config.factor, self.config.min_lr)
       self.scale.assign(self.scale * new_lr / current_lr)
       self.wait.assign(0)

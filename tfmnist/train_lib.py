@@ -442,7 +442,10 @@ def train_and_evaluate(config):
     writer.run_start(config, info, val_examples)
 
   ema = config.optimizer.ema_decay > 0
-  val_metrics, stopped_early, preempted = {}, False, False
+  val_metrics, preempted = {}, False
+  # A run that early stopping ended stays ended when its command is rerun.
+  stopped_early = bool(config.early_stopping_patience and
+                       int(run.stale_epochs.numpy()) >= config.early_stopping_patience)
   step = start_step
   with Preemption() as preemption:
     while step < total_steps and not stopped_early:
@@ -479,17 +482,23 @@ def train_and_evaluate(config):
           manager.save(checkpoint_number=step)
         if preemption.requested:
           break
-      if preemption.requested:
-        manager.save(checkpoint_number=step)
-        preempted = True
-        print(f"SIGTERM: saved checkpoint at step {step}; rerun the same command to resume.")
-        break
+      # An epoch that ends here is evaluated even on SIGTERM: the resumed run
+      # starts after it and would never evaluate it.
       if step % steps_per_epoch == 0 or step == total_steps:
         val_metrics, stopped_early = _end_epoch(config, run, eval_fn, val_dataset, val_examples,
                                                 info, writer, manager, best_manager, step, ema)
+      if preemption.requested and step < total_steps and not stopped_early:
+        if step % steps_per_epoch:  # _end_epoch saved the epoch ends.
+          manager.save(checkpoint_number=step)
+        preempted = True
+        print(f"SIGTERM: saved checkpoint at step {step}; rerun the same command to resume.")
+        break
   writer.flush()
   if preempted:
     return {"preempted": True, "step": step}
+  if not val_metrics:  # Nothing was left to train (a rerun of a finished run).
+    with EmaWeights(run, ema):
+      val_metrics, _ = evaluate(run, eval_fn, val_dataset)
   final = {"step": step, "epochs": step / steps_per_epoch, "stopped_early": stopped_early,
            **{f"val_{k}": v for k, v in val_metrics.items()}}
   if is_chief:
@@ -512,9 +521,12 @@ def _end_epoch(config, run, eval_fn, val_dataset, val_examples, info, writer, ma
                                 "val_loss": metrics["loss"]}, current_lr(run))
   if reduced:
     print(f"reduce-on-plateau: learning rate now {current_lr(run):.3g}")
-  improved = metrics["accuracy"] > float(run.best_accuracy.numpy())
+  # Compared as the float32 best_accuracy keeps it, so an unchanged accuracy
+  # is never an improvement.
+  accuracy = float(np.float32(metrics["accuracy"]))
+  improved = accuracy > float(run.best_accuracy.numpy())
   if improved:
-    run.best_accuracy.assign(metrics["accuracy"])
+    run.best_accuracy.assign(accuracy)
     run.stale_epochs.assign(0)
   else:
     run.stale_epochs.assign_add(1)

@@ -14,6 +14,11 @@ class Sequence(keras.Model):
   def __init__(self, layers, name=None):
     super().__init__(name=name)
     self.stack = layers
+    # tf.train.Checkpoint does not look inside Keras's tracked lists: an
+    # attribute per layer puts every variable in checkpoints, including the
+    # BatchNorm moving statistics that the optimizer does not hold.
+    for i, layer in enumerate(layers):
+      setattr(self, f"layer_{i}", layer)
 
   def call(self, images, training=False, noise=None):
     x = images

@@ -47,6 +47,8 @@ class ResNet(keras.Model):
     self.stem = L.Conv2D(widths[0], 3, padding="same", use_bias=False)
     self.blocks = [Block(w, 2 if (s > 0 and b == 0) else 1)
                    for s, w in enumerate(widths) for b in range(blocks_per_stage)]
+    for i, block in enumerate(self.blocks):  # Seen by tf.train.Checkpoint (see Sequence).
+      setattr(self, f"block_{i}", block)
     self.bn = batch_norm()
     self.pool = L.GlobalAveragePooling2D()
     self.dropout = Dropout(dropout, salt=0)

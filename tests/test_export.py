@@ -1,0 +1,171 @@
+"""Tests of the exported SavedModel: plain TensorFlow in, the trained model's
+predictions out."""
+
+import json
+import os
+import subprocess
+import types
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import train_fixtures as tfx
+from tfmnist import data, export, models, records
+
+SHAPE_MESSAGE = "images must be uint8 [N, 28, 28] or [N, 28, 28, 1]"
+SAVED_MODEL_CLI = os.path.join(os.path.dirname(tfx.PYTHON), "saved_model_cli")
+
+# Runs in a fresh interpreter that must never import tfmnist.
+LOAD_SCRIPT = r"""
+import json, sys
+import numpy as np
+import tensorflow as tf
+
+export_dir, inputs_path, outputs_path = sys.argv[1:]
+loaded = tf.saved_model.load(export_dir)
+serve = loaded.signatures["serving_default"]
+images = np.load(inputs_path)["images"]
+flat = serve(images=tf.constant(images))
+channel = serve(images=tf.constant(images[..., None]))
+np.savez(outputs_path, probabilities=flat["probabilities"].numpy(),
+         classes=flat["classes"].numpy(), probabilities_4d=channel["probabilities"].numpy(),
+         classes_4d=channel["classes"].numpy())
+errors = {}
+bad_inputs = {"shape": np.zeros((2, 32, 32), np.uint8),
+              "channels": np.zeros((2, 28, 28, 3), np.uint8),
+              "rank": np.zeros((28, 28), np.uint8),
+              "dtype": images.astype(np.float32) / 255.0}
+for name, bad in bad_inputs.items():
+  try:
+    serve(images=tf.constant(bad))
+    errors[name] = None
+  except Exception as e:  # Reported to the test, which judges the message.
+    errors[name] = f"{type(e).__name__}: {e}"
+with open(loaded.class_names_file.asset_path.numpy().decode()) as f:
+  class_names = f.read().splitlines()
+print(json.dumps({
+    "tfmnist_modules": sorted(m for m in sys.modules if m.split(".")[0] == "tfmnist"),
+    "output_dtypes": {k: v.dtype.name for k, v in flat.items()},
+    "errors": errors, "class_names": class_names}))
+"""
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+  """A lenet5 trained for one epoch with export, and the plain-TF load of its export."""
+  records_dir = tfx.shared_records(tmp_path_factory)
+  root = tmp_path_factory.mktemp("export")
+  fields = dict(model="lenet5", export=True, learning_rate=3e-3)
+  tfx.train_in_process(root / "run", records_dir, **fields)
+  export_dir = str(root / "run" / "export")
+  images = tfx.synthetic_split(tfx.NUM_TEST, seed=11)[0]
+  np.savez(root / "inputs.npz", images=images)
+
+  jobs = tfx.Jobs(max_parallel=2)
+  script = root / "load.py"
+  script.write_text(LOAD_SCRIPT)
+  # Run from outside the repository; whether tfmnist got imported is read from
+  # the program's own sys.modules.
+  env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+  load = jobs.submit("load", lambda: subprocess.run(
+      [tfx.PYTHON, str(script), export_dir, str(root / "inputs.npz"), str(root / "out.npz")],
+      capture_output=True, text=True, timeout=300, cwd=str(root), env=env))
+  cli = jobs.submit("cli", lambda: subprocess.run(
+      [SAVED_MODEL_CLI, "show", "--dir", export_dir, "--tag_set", "serve",
+       "--signature_def", "serving_default"],
+      capture_output=True, text=True, timeout=300, cwd=str(root), env=env))
+  yield types.SimpleNamespace(records_dir=records_dir, root=root, fields=fields,
+                              export_dir=export_dir, images=images, load=load, cli=cli)
+  jobs.close()
+
+
+@pytest.fixture(scope="module")
+def loaded(trained):
+  """What the plain-TensorFlow program reported, and the outputs it saved."""
+  result = tfx.check(trained.load.result())
+  report = json.loads(result.stdout.strip().splitlines()[-1])
+  with np.load(trained.root / "out.npz") as outputs:
+    report["outputs"] = dict(outputs)
+  return report
+
+
+def test_loads_and_runs_without_tfmnist(loaded):
+  assert loaded["tfmnist_modules"] == []
+
+
+def test_outputs_are_probabilities_and_classes(trained, loaded):
+  outputs = loaded["outputs"]
+  count = len(trained.images)
+  assert outputs["probabilities"].shape == (count, 10)
+  assert loaded["output_dtypes"] == {"probabilities": "float32", "classes": "int64"}
+  np.testing.assert_allclose(outputs["probabilities"].sum(axis=1), 1.0, atol=1e-5)
+  assert np.all(outputs["probabilities"] >= 0)
+  np.testing.assert_array_equal(outputs["classes"], outputs["probabilities"].argmax(axis=1))
+  # [N, 28, 28] and [N, 28, 28, 1] are the same images.
+  np.testing.assert_array_equal(outputs["probabilities_4d"], outputs["probabilities"])
+  np.testing.assert_array_equal(outputs["classes_4d"], outputs["classes"])
+
+
+def test_predictions_equal_the_trained_model(trained, loaded):
+  run, _ = tfx.restore_run(trained.root / "run", trained.records_dir, **trained.fields)
+  logits = run.model(data.normalize(tf.constant(trained.images)), training=False)
+  expected = tf.nn.softmax(logits).numpy()
+  np.testing.assert_allclose(loaded["outputs"]["probabilities"], expected, atol=1e-5)
+  # The model learned the patterns, so the comparison is not between two uniform outputs.
+  labels = tfx.synthetic_split(tfx.NUM_TEST, seed=11)[1]
+  assert (loaded["outputs"]["classes"] == labels).mean() > 0.5
+
+
+@pytest.mark.parametrize("name", ["shape", "channels", "rank"])
+def test_wrong_shape_raises_a_clear_error(loaded, name):
+  error = loaded["errors"][name]
+  assert error is not None, f"{name}: no error"
+  assert SHAPE_MESSAGE in error, error
+
+
+def test_float_input_raises_a_clear_error(loaded):
+  error = loaded["errors"]["dtype"]
+  assert error is not None
+  assert "uint8" in error and "float" in error, error
+
+
+def test_class_names_asset(trained, loaded):
+  path = os.path.join(trained.export_dir, "assets", export.CLASS_NAMES_FILE)
+  assert os.path.isfile(path)
+  names = records.read_info(trained.records_dir, "mnist")["class_names"]
+  with open(path) as f:
+    assert f.read().splitlines() == names
+  assert loaded["class_names"] == names
+
+
+def test_saved_model_cli_shows_the_signature(trained):
+  result = tfx.check(trained.cli.result())
+  text = result.stdout
+  assert "inputs['images'] tensor_info:" in text, text
+  assert "dtype: DT_UINT8" in text
+  assert "outputs['probabilities'] tensor_info:" in text
+  assert "outputs['classes'] tensor_info:" in text
+  assert "dtype: DT_INT64" in text and "dtype: DT_FLOAT" in text
+  assert "shape: (-1, 10)" in text
+  assert "Method name is: tensorflow/serving/predict" in text
+
+
+def test_export_of_several_models_averages_and_replaces_atomically(tmp_path):
+  images = tf.constant(tfx.synthetic_split(8, seed=5)[0])
+  x = data.normalize(images)
+  ensemble = []
+  for seed in (1, 2):
+    tf.keras.utils.set_random_seed(seed)
+    model = models.create("mlp", 3)
+    model(x, training=False)
+    ensemble.append(model)
+  export_dir = str(tmp_path / "export")
+  export.export(ensemble[0], ["a", "b", "c"], export_dir)
+  export.export(ensemble, ["a", "b", "c"], export_dir)  # Replaces the first export.
+  assert sorted(os.listdir(tmp_path)) == ["export"]  # No temporary folders left.
+  served = tf.saved_model.load(export_dir).signatures["serving_default"](images=images)
+  expected = np.mean([tf.nn.softmax(m(x, training=False)).numpy() for m in ensemble], axis=0)
+  np.testing.assert_allclose(served["probabilities"].numpy(), expected, atol=1e-6)
+  with open(os.path.join(export_dir, "assets", export.CLASS_NAMES_FILE)) as f:
+    assert f.read() == "a\nb\nc\n"

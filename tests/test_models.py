@@ -1,0 +1,120 @@
+"""Tests of the model registry and the stateless Dropout."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tfmnist import models
+from tfmnist.models.layers import Dropout, Noise
+
+NUM_CLASSES = 12  # Not 10, so that a model ignoring num_classes shows.
+
+
+@pytest.fixture
+def policy(request):
+  keras.mixed_precision.set_global_policy(request.param)
+  yield request.param
+  keras.mixed_precision.set_global_policy("float32")
+
+
+def _images(batch, seed=0):
+  return tf.random.stateless_uniform([batch, 28, 28, 1], [seed, 1])
+
+
+def _noise(step=0, row_offset=0, global_batch_size=3):
+  return Noise(tf.constant([7, step], tf.int64), row_offset, global_batch_size)
+
+
+@pytest.mark.parametrize("policy", ["float32", "mixed_bfloat16"], indirect=True)
+@pytest.mark.parametrize("name", models.names())
+def test_every_model_gives_float32_logits(name, policy):
+  model = models.create(name, NUM_CLASSES)
+  logits = model(_images(3), training=False)
+  assert logits.dtype == tf.float32, (name, policy)
+  assert logits.shape == (3, NUM_CLASSES)
+  assert np.all(np.isfinite(logits.numpy()))
+  trained = model(_images(3), training=True, noise=_noise())
+  assert trained.dtype == tf.float32 and trained.shape == (3, NUM_CLASSES)
+
+
+def test_registry_lists_the_models_and_rejects_unknown_names():
+  assert {"mlp", "lenet", "lenet5", "kaggle_cnn", "deep_cnn", "resnet", "m3", "m5",
+          "m7"} <= set(models.names())
+  with pytest.raises(ValueError, match="unknown model 'nope'.*lenet5"):
+    models.create("nope", 10)
+
+
+@pytest.mark.parametrize("name,count", [("lenet", 1_199_882), ("kaggle_cnn", 887_530),
+                                        ("lenet5", 61_706)])
+def test_parameter_counts(name, count):
+  model = models.create(name, 10)
+  model(_images(1), training=False)
+  assert model.count_params() == count
+
+
+def test_dropout_is_the_identity_when_not_training():
+  layer = Dropout(0.5, salt=0)
+  x = _images(3)
+  np.testing.assert_array_equal(layer(x, training=False).numpy(), x.numpy())
+  # No Noise is needed to evaluate, and rate 0 never needs one either.
+  np.testing.assert_array_equal(Dropout(0.0, salt=0)(x, training=True).numpy(), x.numpy())
+
+
+def test_dropout_drops_a_fraction_and_rescales_the_rest():
+  layer = Dropout(0.25, salt=0)
+  x = tf.ones([4, 1000])
+  y = layer(x, training=True, noise=_noise(global_batch_size=4)).numpy()
+  assert set(np.unique(y)) <= {0.0, np.float32(1 / 0.75)}
+  assert abs((y == 0).mean() - 0.25) < 0.03
+
+
+def test_dropout_same_noise_gives_the_same_mask():
+  layer = Dropout(0.5, salt=0)
+  x = _images(3)
+  first = layer(x, training=True, noise=_noise(step=4)).numpy()
+  again = layer(x, training=True, noise=_noise(step=4)).numpy()
+  np.testing.assert_array_equal(first, again)
+  other_step = layer(x, training=True, noise=_noise(step=5)).numpy()
+  assert not np.array_equal(first, other_step)
+  # The salt separates the layers of one model: the same Noise, other masks.
+  other_layer = Dropout(0.5, salt=1)(x, training=True, noise=_noise(step=4)).numpy()
+  assert not np.array_equal(first, other_layer)
+
+
+def test_dropout_replica_takes_its_rows_of_the_global_draw():
+  layer = Dropout(0.5, salt=3)
+  x = _images(6)
+  whole = layer(x, training=True, noise=_noise(step=2, global_batch_size=6)).numpy()
+  part = layer(x[2:4], training=True,
+               noise=_noise(step=2, row_offset=2, global_batch_size=6)).numpy()
+  np.testing.assert_array_equal(part, whole[2:4])
+  # Inside tf.function the offset is a tensor, as in the train step.
+  traced = tf.function(lambda images, offset: layer(
+      images, training=True, noise=_noise(step=2, row_offset=offset, global_batch_size=6)))
+  np.testing.assert_array_equal(traced(x[4:], tf.constant(4)).numpy(), whole[4:])
+
+
+def test_dropout_training_without_noise_raises():
+  layer = Dropout(0.5, salt=0)
+  with pytest.raises(ValueError, match="training needs a Noise"):
+    layer(_images(2), training=True)
+
+
+@pytest.mark.parametrize("name", models.names())
+def test_checkpoint_holds_every_variable(name, tmp_path):
+  # BatchNorm moving statistics are in no optimizer: only the model's own
+  # checkpoint dependencies can save them for a resumed run.
+  model = models.create(name, 10)
+  model(_images(4), training=True, noise=_noise(global_batch_size=4))  # Moves BN statistics.
+  path = tf.train.Checkpoint(model=model).save(str(tmp_path / "ckpt"))
+  saved = [n for n, _ in tf.train.list_variables(path) if n.startswith("model/")]
+  assert len(saved) == len(model.variables)
+
+  fresh = models.create(name, 10)
+  fresh(_images(1), training=False)
+  tf.train.Checkpoint(model=fresh).restore(path).assert_consumed()
+  for a, b in zip(model.variables, fresh.variables):
+    np.testing.assert_array_equal(a.numpy(), b.numpy(), err_msg=a.path)
+  np.testing.assert_array_equal(model(_images(2, seed=5), training=False).numpy(),
+                                fresh(_images(2, seed=5), training=False).numpy())
