@@ -11,7 +11,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import app, flags, logging  # pylint: disable=g-import-not-at-top
 
-from tfmnist import augment, optim, schedules, train_lib  # pylint: disable=g-import-not-at-top
+from tfmnist import augment_flags, optim, schedules, train_lib  # pylint: disable=g-import-not-at-top
 from tfmnist.errors import DataError  # pylint: disable=g-import-not-at-top
 
 # Run and data.
@@ -80,28 +80,13 @@ _CKPT_STEPS = flags.DEFINE_integer("checkpoint_every_steps", 0,
 _KEEP = flags.DEFINE_integer("keep_checkpoints", 3, "Newest checkpoints kept.")
 _EXPORT = flags.DEFINE_bool("export", True, "Write the SavedModel to <model_dir>/export.")
 _PROGRESS = flags.DEFINE_bool("progress", True, "Show the per-epoch progress bar.")
-# Augmentation (fractions of the image size, degrees, pixels).
-_ROTATION = flags.DEFINE_float("rotation_degrees", 0.0, "Random rotation range (degrees).")
-_ZOOM = flags.DEFINE_float("zoom", 0.0, "Random zoom range (fraction).")
-_SHIFT_X = flags.DEFINE_float("shift_x", 0.0, "Random horizontal shift (fraction of width).")
-_SHIFT_Y = flags.DEFINE_float("shift_y", 0.0, "Random vertical shift (fraction of height).")
-_SHEAR = flags.DEFINE_float("shear_degrees", 0.0, "Random shear range (degrees).")
-_ELASTIC_ALPHA = flags.DEFINE_float("elastic_alpha", 0.0, "Elastic distortion (pixels); 0 off.")
-_ELASTIC_SIGMA = flags.DEFINE_float("elastic_sigma", 4.0, "Elastic smoothing (pixels).")
-_ERASE = flags.DEFINE_float("erase_probability", 0.0, "Random erasing probability.")
-_NOISE = flags.DEFINE_float("noise_factor", 0.0, "Gaussian noise std on [0,1] images.")
-_BLUR = flags.DEFINE_float("blur_strength", 0.0, "Random blur/sharpen strength (fraction).")
-_FLIP_H = flags.DEFINE_bool("flip_horizontal", False, "Random left-right flips.")
-_FLIP_V = flags.DEFINE_bool("flip_vertical", False, "Random top-bottom flips.")
-_FORCE_FLIPS = flags.DEFINE_bool("force_flips", False, "Allow flips on digit datasets.")
-
-
 def flags_text():
   """The flags that differ from their defaults, as a flagfile."""
   lines = []
-  for flag in flags.FLAGS.get_flags_for_module(sys.modules[__name__]):
-    if flag.present or flag.value != flag.default:
-      lines.append(flag.serialize())
+  for module in (sys.modules[__name__], augment_flags):
+    for flag in flags.FLAGS.get_flags_for_module(module):
+      if flag.present or flag.value != flag.default:
+        lines.append(flag.serialize())
   return "\n".join(sorted(lines)) + "\n"
 
 
@@ -128,13 +113,7 @@ def config_from_flags():
       precision=_PRECISION.value, steps_per_loop=_STEPS_PER_LOOP.value,
       checkpoint_every_steps=_CKPT_STEPS.value, keep_checkpoints=_KEEP.value,
       early_stopping_patience=_EARLY_STOP.value,
-      augment=augment.AugmentConfig(
-          rotation_degrees=_ROTATION.value, zoom=_ZOOM.value, shift_x=_SHIFT_X.value,
-          shift_y=_SHIFT_Y.value, shear_degrees=_SHEAR.value,
-          elastic_alpha=_ELASTIC_ALPHA.value, elastic_sigma=_ELASTIC_SIGMA.value,
-          erase_probability=_ERASE.value, noise_factor=_NOISE.value,
-          blur_strength=_BLUR.value, flip_horizontal=_FLIP_H.value,
-          flip_vertical=_FLIP_V.value, force_flips=_FORCE_FLIPS.value),
+      augment=augment_flags.augment_config(),
       sharding=_SHARDING.value, validation_split=_VALIDATION_SPLIT.value,
       export=_EXPORT.value, progress=_PROGRESS.value, flags_text=flags_text())
 
@@ -144,8 +123,8 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   if not flags.FLAGS["verbosity"].present:  # Library INFO chatter hides the progress bar.
     logging.set_verbosity(logging.WARNING)
-  config = config_from_flags()
   try:
+    config = config_from_flags()
     final = train_lib.train_and_evaluate(config)
   except (DataError, ValueError, train_lib.NonFiniteLoss) as e:
     sys.exit(f"train: error: {e}")
