@@ -36,15 +36,6 @@ _REPEATS = flags.DEFINE_integer("repeats", 3, "Timed passes (read/augment); the 
 _AFFINE = augment.AugmentConfig(rotation_degrees=10, zoom=0.1, shift_x=0.1, shift_y=0.1)
 
 
-def _epoch_images_per_second(dataset, num_steps, fn=None):
-  start = time.perf_counter()
-  count = 0
-  for batch in dataset.take(num_steps):
-    images = batch["image"] if fn is None else fn(batch["image"])
-    count += int(images.shape[0])
-  return count / (time.perf_counter() - start)
-
-
 def measure_pipeline(files, mode):
   """Images/s of reading (cold, from the files) and of batching/augmenting epochs."""
   start = time.perf_counter()
@@ -52,18 +43,25 @@ def measure_pipeline(files, mode):
   read_seconds = time.perf_counter() - start
   shard = data.plan_shard(files, _BATCH.value)
   steps = data.steps_per_epoch(len(examples), _BATCH.value)
-  fn = None
-  if mode == "augment":
-    traced = tf.function(lambda x, s: augment.augment(data.normalize(x), _AFFINE, 0, s))
-    step = tf.Variable(0, dtype=tf.int64)
+  # Batches are consumed the way the train loop consumes them: inside one
+  # traced loop (steps per call as a tensor), here with nothing but the
+  # augmentation after them.
+  config = _AFFINE if mode == "augment" else augment.AugmentConfig()
 
-    def fn(images):
-      step.assign_add(1)
-      return traced(images, step.read_value())
+  @tf.function
+  def consume(iterator, num_steps):
+    total = tf.constant(0.0)
+    for step in tf.range(tf.cast(num_steps, tf.int64)):
+      images = augment.augment(data.normalize(next(iterator)["image"]), config, 0, step)
+      total += tf.reduce_sum(images[:, 0, 0, 0])
+    return total
 
   best = 0.0
   for repeat in range(_REPEATS.value + 1):  # The first pass traces.
-    rate = _epoch_images_per_second(data.train_dataset(examples, shard, 0, steps), steps, fn)
+    iterator = iter(data.train_dataset(examples, shard, 0, steps))
+    start = time.perf_counter()
+    consume(iterator, tf.constant(steps)).numpy()
+    rate = steps * _BATCH.value / (time.perf_counter() - start)
     if repeat:
       best = max(best, rate)
   return {"mode": mode, "images": len(examples), "read_seconds": read_seconds,
