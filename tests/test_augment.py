@@ -292,3 +292,16 @@ def test_validate_accepts_the_notebook_setting_and_every_transform():
   augment.validate(NOTEBOOK, digits=True)
   for config in TRANSFORMS.values():
     augment.validate(config, digits=True)
+
+
+def test_training_inputs_leave_labels_untouched():
+  rng = np.random.default_rng(3)
+  batch = {"image": tf.constant(rng.integers(0, 256, (8, 28, 28, 1)), tf.uint8),
+           "label": tf.constant(rng.integers(0, 10, 8), tf.int32)}
+  config = augment.AugmentConfig(rotation_degrees=30, zoom=0.2, shift_x=0.2, shift_y=0.2,
+                                 erase_probability=1.0, noise_factor=0.3)
+  images, labels = augment.training_inputs(batch, config, seed=1, step=tf.constant(5))
+  np.testing.assert_array_equal(labels.numpy(), batch["label"].numpy())
+  assert labels.dtype == tf.int32
+  assert images.dtype == tf.float32 and images.shape == (8, 28, 28, 1)
+  assert not np.allclose(images.numpy(), batch["image"].numpy() / 255.0)

@@ -16,6 +16,8 @@ import math
 
 import tensorflow as tf
 
+from tfmnist import data
+
 # Folded into the seed so each transform draws independent numbers.
 _AFFINE, _ELASTIC, _ERASE, _BLUR, _NOISE, _FLIP = range(6)
 
@@ -311,3 +313,14 @@ def augment(images, config, seed, step, replica_offset=0, global_batch_size=None
       images = tf.where(coins[:, 1, None, None, None], tf.reverse(images, [1]), images)
 
   return tf.cast(tf.clip_by_value(images, 0.0, 1.0), dtype)
+
+
+def training_inputs(batch, config, seed, step, replica_offset=0, global_batch_size=None):
+  """The train step's inputs from a pipeline batch; replica context.
+
+  Returns:
+    (images normalised and augmented, labels exactly as the batch holds them).
+  """
+  images = augment(data.normalize(batch["image"]), config, seed, step, replica_offset,
+                   global_batch_size)
+  return images, batch["label"]

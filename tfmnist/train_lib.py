@@ -213,11 +213,10 @@ def make_train_loop(config, run, per_replica_batch_size):
     """One update; runs in replica context."""
     context = tf.distribute.get_replica_context()
     offset = context.replica_id_in_sync_group * per_replica_batch_size
-    images = data.normalize(batch["image"])
-    images = augment_lib.augment(images, config.augment, config.seed, step, offset, global_batch)
+    images, labels = augment_lib.training_inputs(batch, config.augment, config.seed, step,
+                                                 offset, global_batch)
     noise = Noise(tf.random.experimental.stateless_fold_in(
         tf.constant([config.seed, 0x5EED], tf.int64), step), offset, global_batch)
-    labels = batch["label"]
     with tf.GradientTape() as tape:
       logits = model(images, training=True, noise=noise)
       depth = logits.shape[-1]
