@@ -411,7 +411,7 @@ def test_distribute_eval_over_two_replicas_counts_every_example_once(eval_split)
   files, _, labels = eval_split
   strategy = _two_replicas()
   batches = []
-  for batch in data.distribute_eval(strategy, files, GLOBAL_BATCH):
+  for batch in data.distribute_eval(strategy, data.read_examples(files), GLOBAL_BATCH):
     for part in strategy.experimental_local_results(batch):
       assert part["mask"].shape == (4,)
       batches.append({k: v.numpy() for k, v in part.items()})
@@ -421,5 +421,6 @@ def test_distribute_eval_over_two_replicas_counts_every_example_once(eval_split)
 
 def test_distribute_eval_on_one_replica_counts_every_example_once(eval_split):
   files, _, labels = eval_split
-  batches = _take(data.distribute_eval(tf.distribute.get_strategy(), files, GLOBAL_BATCH), 100)
+  batches = _take(data.distribute_eval(tf.distribute.get_strategy(), data.read_examples(files),
+                                       GLOBAL_BATCH), 100)
   _check_counted_once(batches, labels)

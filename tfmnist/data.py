@@ -260,13 +260,13 @@ def pipeline_steps(shard_counts, global_batch_size, num_pipelines=1, sharding="a
     workers run the same number of steps.
   """
   counts = list(shard_counts)
-  files = [str(i) for i in range(len(counts))]
   steps = None
   for pipeline in range(num_pipelines):
     context = tf.distribute.InputContext(num_pipelines, pipeline, num_pipelines)
-    shard = plan_shard(files, global_batch_size, context if num_pipelines > 1 else None,
-                       sharding)
-    mine = sum(counts[int(f)] for f in shard.files)
+    # Planning over shard numbers tells which shards each pipeline would read.
+    shard = plan_shard(range(len(counts)), global_batch_size,
+                       context if num_pipelines > 1 else None, sharding)
+    mine = sum(counts[i] for i in shard.files)
     pipeline_steps_ = steps_per_epoch(mine, shard.batch_rows)
     steps = pipeline_steps_ if steps is None else min(steps, pipeline_steps_)
   return steps
@@ -301,11 +301,15 @@ def distribute_train(strategy, files, shard_counts, global_batch_size, seed, sta
   return strategy.distribute_datasets_from_function(dataset_fn), num_steps
 
 
-def distribute_eval(strategy, files, global_batch_size):
-  """Distributed evaluation dataset (see eval_dataset), data-sharded."""
+def distribute_eval(strategy, examples, global_batch_size):
+  """Distributed evaluation dataset (see eval_dataset) over in-memory Examples.
+
+  Evaluation shards by data, so every pipeline needs the whole split; the
+  caller reads it once (read_examples) and every pipeline takes its rows.
+  """
 
   def dataset_fn(input_context):
-    shard = plan_shard(files, global_batch_size, input_context, "data")
-    return eval_dataset(read_examples(shard.files), shard)
+    shard = plan_shard((), global_batch_size, input_context, "data")
+    return eval_dataset(examples, shard)
 
   return strategy.distribute_datasets_from_function(dataset_fn)

@@ -244,9 +244,8 @@ def make_records(config):
   with records.atomic_folder(final, config.overwrite) as tmp:
     bar = Progress(total, "images", desc=f"writing {spec.name}", enabled=config.show_progress)
     for name, s in splits.items():
+      # Train gets --num_shards; other splits as many images per shard.
       num_shards = max(1, min(len(s), round(config.num_shards * len(s) / num_train)))
-      if name == "train":
-        num_shards = min(config.num_shards, len(s))
       summary = _split_summary(s, spec.num_classes)
       summary["shards"] = records.write_split(
           tmp, name, s.images, s.labels, indices[name], s.ids, num_shards, bar)

@@ -432,7 +432,7 @@ def train_and_evaluate(config):
   dataset, _ = data.distribute_train(strategy, train_files, shard_counts,
                                      config.global_batch_size, config.seed, start_step,
                                      config.sharding)
-  val_dataset = data.distribute_eval(strategy, val_files, config.eval_batch_size)
+  val_dataset = data.distribute_eval(strategy, val_examples, config.eval_batch_size)
   iterator = iter(dataset)
   train_loop = make_train_loop(config, run, per_replica)
   eval_fn = make_eval_fn(run)
