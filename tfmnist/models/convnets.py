@@ -138,3 +138,27 @@ class DeepCNN(Sequence):
       layers += [L.Dense(units, use_bias=False), batch_norm(), L.LeakyReLU(0.1),
                  Dropout(dropout, salt=10 + i)]
     super().__init__(layers + [_logits(num_classes)], name="deep_cnn")
+
+
+@register("strided_bn")
+class StridedBN(Sequence):
+  """A small all-convolutional BatchNorm network, the strongest single model
+  of the Kaggle Digit Recognizer kernels: 326,826 parameters (325,994 trainable).
+
+  [Conv 32 3x3, Conv 32 3x3, Conv 32 5x5 stride 2] (28 -> 12), Dropout .4,
+  [Conv 64 3x3, Conv 64 3x3, Conv 64 5x5 stride 2] (12 -> 4), Dropout .4,
+  Conv 128 4x4 (4 -> 1), Dropout .4, Dense classes. Every convolution is
+  followed by BatchNorm and ReLU; strided convolutions replace pooling.
+  """
+
+  def __init__(self, num_classes, dropout=0.4):
+    layers = []
+    for block, filters in enumerate((32, 64)):
+      for kernel, stride in ((3, 1), (3, 1), (5, 2)):
+        padding = "same" if stride == 2 else "valid"
+        layers += [L.Conv2D(filters, kernel, stride, padding=padding, use_bias=False),
+                   batch_norm(), L.ReLU()]
+      layers += [Dropout(dropout, salt=block)]
+    layers += [L.Conv2D(128, 4, use_bias=False), batch_norm(), L.ReLU(), L.Flatten(),
+               Dropout(dropout, salt=2), _logits(num_classes)]
+    super().__init__(layers, name="strided_bn")

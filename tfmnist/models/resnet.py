@@ -42,7 +42,7 @@ class ResNet(keras.Model):
     dropout: before the classifier.
   """
 
-  def __init__(self, num_classes, widths=(32, 64, 128), blocks_per_stage=2, dropout=0.2):
+  def __init__(self, num_classes, widths=(16, 32, 64), blocks_per_stage=2, dropout=0.2):
     super().__init__(name="resnet")
     self.stem = L.Conv2D(widths[0], 3, padding="same", use_bias=False)
     self.blocks = [Block(w, 2 if (s > 0 and b == 0) else 1)
