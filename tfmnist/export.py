@@ -10,17 +10,33 @@ TensorFlow in a program that never imports tfmnist.
 
 import os
 import shutil
-import tempfile
 
+import keras
 import tensorflow as tf
 
-from tfmnist import data
+from tfmnist import data, records
 
 CLASS_NAMES_FILE = "class_names.txt"
 
 
+def _probabilities(member, images):
+  """float32 probabilities of uint8 [N, 28, 28, 1] images from one member.
+
+  A member is a Keras model (normalised images in, logits out) or a loaded
+  tfmnist SavedModel (its `serve` takes the uint8 images).
+  """
+  if isinstance(member, keras.Model):
+    logits = member(data.normalize(images), training=False)
+    return tf.nn.softmax(tf.cast(logits, tf.float32))
+  return member.serve(images)["probabilities"]
+
+
 class ServingModule(tf.Module):
-  """Wraps a trained model (or several, averaged) behind the serving signature."""
+  """Wraps a trained model, or several averaged, behind the serving signature.
+
+  Members may be Keras models or loaded tfmnist SavedModels (an ensemble of
+  exported runs).
+  """
 
   def __init__(self, models, class_names_path):
     super().__init__(name="tfmnist")
@@ -43,9 +59,8 @@ class ServingModule(tf.Module):
     with tf.control_dependencies([tf.debugging.assert_equal(
         tf.shape(images)[1:], tf.constant([28, 28, 1]), message=message)]):
       images = tf.ensure_shape(images, [None, 28, 28, 1])
-    x = data.normalize(images)
-    probabilities = tf.add_n([tf.nn.softmax(tf.cast(m(x, training=False), tf.float32))
-                              for m in self.models]) / len(self.models)
+    probabilities = tf.add_n([_probabilities(m, images) for m in self.models]) / len(
+        self.models)
     return {"probabilities": probabilities,
             "classes": tf.argmax(probabilities, axis=-1)}
 
@@ -54,29 +69,19 @@ def export(models, class_names, export_dir):
   """Writes the SavedModel to `export_dir` atomically (temporary folder, rename).
 
   Args:
-    models: one Keras model, or a list whose probabilities are averaged.
+    models: one Keras model or loaded tfmnist SavedModel, or a list of them
+      whose probabilities are averaged.
     class_names: names in label order.
     export_dir: destination; replaced if it exists.
   """
   if not isinstance(models, (list, tuple)):
     models = [models]
-  parent = os.path.dirname(os.path.abspath(export_dir))
-  os.makedirs(parent, exist_ok=True)
-  tmp = tempfile.mkdtemp(prefix=".export-", dir=parent)
-  try:
-    names_path = os.path.join(tmp, CLASS_NAMES_FILE)
+  with records.atomic_folder(export_dir, overwrite=True) as tmp:
+    names_path = os.path.join(tmp, "assets.tmp", CLASS_NAMES_FILE)
+    os.makedirs(os.path.dirname(names_path))
     with open(names_path, "w") as f:
       f.write("".join(f"{name}\n" for name in class_names))
     module = ServingModule(models, names_path)
-    saved = os.path.join(tmp, "saved_model")
-    tf.saved_model.save(module, saved, signatures={"serving_default": module.serve})
-    old = None
-    if os.path.exists(export_dir):
-      old = tempfile.mkdtemp(prefix=".export-old-", dir=parent)
-      os.replace(export_dir, os.path.join(old, "x"))
-    os.replace(saved, export_dir)
-    if old:
-      shutil.rmtree(old, ignore_errors=True)
-  finally:
-    shutil.rmtree(tmp, ignore_errors=True)
+    tf.saved_model.save(module, tmp, signatures={"serving_default": module.serve})
+    shutil.rmtree(os.path.dirname(names_path))
   return export_dir

@@ -80,11 +80,22 @@ _CKPT_STEPS = flags.DEFINE_integer("checkpoint_every_steps", 0,
 _KEEP = flags.DEFINE_integer("keep_checkpoints", 3, "Newest checkpoints kept.")
 _EXPORT = flags.DEFINE_bool("export", True, "Write the SavedModel to <model_dir>/export.")
 _PROGRESS = flags.DEFINE_bool("progress", True, "Show the per-epoch progress bar.")
+_EXPORT_CHECKPOINT = flags.DEFINE_string(
+    "export_checkpoint", "", "Do not train: export this checkpoint ('latest', 'best' or a "
+    "path) of the run as a SavedModel, then stop.")
+_EXPORT_DIR = flags.DEFINE_string("export_dir", "", "Where the SavedModel goes; empty: "
+                                  "<model_dir>/export.")
+# Flags that act on this invocation only, not on what the run trains.
+_NOT_SAVED = ("export_checkpoint", "export_dir")
+
+
 def flags_text():
   """The flags that differ from their defaults, as a flagfile."""
   lines = []
   for module in (sys.modules[__name__], augment_flags):
     for flag in flags.FLAGS.get_flags_for_module(module):
+      if flag.name in _NOT_SAVED:
+        continue
       if flag.present or flag.value != flag.default:
         lines.append(flag.serialize())
   return "\n".join(sorted(lines)) + "\n"
@@ -115,7 +126,8 @@ def config_from_flags():
       early_stopping_patience=_EARLY_STOP.value,
       augment=augment_flags.augment_config(),
       sharding=_SHARDING.value, validation_split=_VALIDATION_SPLIT.value,
-      export=_EXPORT.value, progress=_PROGRESS.value, flags_text=flags_text())
+      export=_EXPORT.value, export_dir=_EXPORT_DIR.value, progress=_PROGRESS.value,
+      flags_text=flags_text())
 
 
 def main(argv):
@@ -125,8 +137,12 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)
   try:
     config = config_from_flags()
+    if _EXPORT_CHECKPOINT.value:
+      path = train_lib.export_checkpoint(config, _EXPORT_CHECKPOINT.value)
+      print(f"exported {path} to {train_lib.export_dir_of(config)}")
+      return
     final = train_lib.train_and_evaluate(config)
-  except (DataError, ValueError, train_lib.NonFiniteLoss) as e:
+  except (DataError, ValueError, train_lib.NonFiniteLoss, train_lib.SaveError) as e:
     sys.exit(f"train: error: {e}")
   if final.get("preempted"):
     sys.exit(143)

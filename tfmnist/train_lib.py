@@ -73,6 +73,7 @@ class TrainConfig:
   sharding: str = "auto"
   validation_split: str = "validation"
   export: bool = True
+  export_dir: str = ""  # Empty: <model_dir>/export.
   progress: bool = True
   flags_text: str = ""  # The flags of the run, saved as flags.txt and in TensorBoard.
 
@@ -326,25 +327,74 @@ def restore_latest(manager, checkpoint):
   """Restores the newest readable checkpoint, falling back past damaged ones.
 
   Returns:
-    The path restored, or None for a fresh start.
+    The path restored, or None for a fresh start (no checkpoint yet).
+
+  Raises:
+    DataError: there are checkpoints but none of them can be read.
   """
+  damaged = []
   for path in reversed(manager.checkpoints):
     try:
       checkpoint.restore(path).assert_existing_objects_matched()
       return path
     except (tf.errors.OpError, AssertionError, ValueError) as e:
-      logging.warning("Checkpoint %s is damaged (%s); trying the previous one", path,
-                      str(e).splitlines()[0])
+      reason = str(e).splitlines()[0]
+      logging.warning("Checkpoint %s is damaged (%s); trying the previous one", path, reason)
       print(f"warning: checkpoint {path} is damaged; falling back to the previous one")
+      damaged.append(f"{path} ({reason})")
+  if damaged:
+    # The failed restores may have set some variables already, and starting
+    # over would silently throw the run away: the user decides.
+    raise DataError(f"no readable checkpoint: {'; '.join(damaged)}; move the damaged files "
+                    "away to resume from an older one, or the folder to start again")
   return None
 
 
-class Preemption:
-  """Turns SIGTERM into a request to checkpoint and stop at the next loop boundary."""
+class SaveError(RuntimeError):
+  """A checkpoint could not be written (e.g. the disk is full); the message names it."""
 
-  def __init__(self):
-    self.requested = False
+
+def save_checkpoint(manager, step):
+  """manager.save(step); a failed write raises SaveError naming the last good checkpoint.
+
+  The checkpoint's files are complete before its name goes into the folder's
+  `checkpoint` state file (TensorFlow writes that one atomically), so after a
+  failed write the state file still lists only good checkpoints.
+  """
+  try:
+    return manager.save(checkpoint_number=step)
+  except (OSError, tf.errors.ResourceExhaustedError) as e:
+    reason = (e.strerror or str(e)) if isinstance(e, OSError) else e.message
+    raise SaveError(f"could not write checkpoint {manager.directory}/ckpt-{step} "
+                    f"({str(reason).splitlines()[0]}); the last good checkpoint is "
+                    f"{manager.latest_checkpoint}, which a rerun resumes from") from e
+
+
+class Preemption:
+  """Turns SIGTERM into a request to checkpoint and stop at the next loop boundary.
+
+  With several workers the decision is collective: the workers get the signal
+  at slightly different times, and one that ran another loop alone would wait
+  forever in its all-reduce while the chief stopped. So at every loop boundary
+  the workers sum their requests (`should_stop`), and all stop after the same
+  step when any one of them was signalled.
+  """
+
+  def __init__(self, strategy=None):
+    self.requested = False  # This process got SIGTERM.
+    self.stop = False  # The workers agreed to stop (the last `should_stop`).
     self._previous = None
+    self._count_requests = None
+    if strategy is not None and data.num_input_pipelines(strategy) > 1:
+      self._count_requests = _make_request_count(strategy)
+
+  def should_stop(self):
+    """Whether to stop after this loop; the same answer on every worker."""
+    if self._count_requests is None:
+      self.stop = self.requested
+    else:
+      self.stop = int(self._count_requests(tf.constant(int(self.requested)))) > 0
+    return self.stop
 
   def __enter__(self):
     try:
@@ -360,6 +410,17 @@ class Preemption:
   def __exit__(self, *exc):
     if self._previous is not None:
       signal.signal(signal.SIGTERM, self._previous)
+
+
+def _make_request_count(strategy):
+  """Traced sum over all replicas of each one's stop request (0 or 1)."""
+
+  @tf.function
+  def count(requested):
+    per_replica = strategy.run(lambda: tf.identity(requested))
+    return strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
+
+  return count
 
 
 # ----------------------------------------------------------------------------
@@ -384,14 +445,21 @@ def _check_config(config, info, strategy):
                     f"{', '.join(info['splits'])}); make the records with --validation_size")
 
 
-def train_and_evaluate(config):
-  """Trains, evaluates on the validation split every epoch, checkpoints and exports.
+@dataclasses.dataclass
+class SetUp:
+  """What training and exporting share: the strategy, the data and the run."""
+  strategy: tf.distribute.Strategy
+  info: dict
+  train_files: list
+  shard_counts: list
+  steps_per_epoch: int
+  total_steps: int
+  per_replica_batch_size: int
+  val_examples: data.Examples
+  run: Run
 
-  Rerunning with the same model_dir resumes from the newest checkpoint.
 
-  Returns:
-    dict of final metrics (also written to <model_dir>/metrics.json).
-  """
+def _set_up(config):
   if config.deterministic:
     tf.config.experimental.enable_op_determinism()
   keras.utils.set_random_seed(config.seed)
@@ -399,10 +467,6 @@ def train_and_evaluate(config):
   strategy = create_strategy(config)
   info = ensure_records(config)
   _check_config(config, info, strategy)
-  is_chief = summaries.is_chief(strategy)
-  work_dir = summaries.worker_dir(config.model_dir, strategy)
-  os.makedirs(work_dir, exist_ok=True)
-
   train_files = records.split_files(config.records_dir, config.dataset, "train")
   shard_counts = [s["count"] for s in info["splits"]["train"]["shards"]]
   val_files = records.split_files(config.records_dir, config.dataset, config.validation_split)
@@ -413,6 +477,64 @@ def train_and_evaluate(config):
   val_examples = data.read_examples(val_files)
   run = create_run(config, strategy, info, val_examples.image[:per_replica], total_steps,
                    steps_per_epoch)
+  return SetUp(strategy, info, train_files, shard_counts, steps_per_epoch, total_steps,
+               per_replica, val_examples, run)
+
+
+def export_dir_of(config):
+  return config.export_dir or os.path.join(config.model_dir, "export")
+
+
+def export_checkpoint(config, checkpoint):
+  """Exports one checkpoint of the run as a SavedModel (EMA weights when used).
+
+  Args:
+    config: the run's TrainConfig (e.g. from its flags.txt).
+    checkpoint: "latest", "best", or a checkpoint path.
+
+  Returns:
+    The checkpoint path exported.
+
+  Raises:
+    DataError: the run has no such checkpoint, or it cannot be read.
+  """
+  folders = {"latest": "checkpoints", "best": "best"}
+  if checkpoint in folders:
+    folder = os.path.join(config.model_dir, folders[checkpoint])
+    path = tf.train.latest_checkpoint(folder)
+    if path is None:
+      raise DataError(f"{folder}: no checkpoint to export")
+  else:
+    path = checkpoint
+    if not tf.io.gfile.exists(path + ".index"):
+      raise DataError(f"{path}: no such checkpoint (expected {path}.index)")
+  setup = _set_up(config)
+  try:
+    setup.run.checkpoint.restore(path).assert_existing_objects_matched()
+  except (tf.errors.OpError, AssertionError, ValueError) as e:
+    raise DataError(f"{path}: cannot restore this run's model from it "
+                    f"({str(e).splitlines()[0]})") from None
+  with EmaWeights(setup.run, config.optimizer.ema_decay > 0):
+    export.export(setup.run.model, setup.info["class_names"], export_dir_of(config))
+  return path
+
+
+def train_and_evaluate(config):
+  """Trains, evaluates on the validation split every epoch, checkpoints and exports.
+
+  Rerunning with the same model_dir resumes from the newest checkpoint.
+
+  Returns:
+    dict of final metrics (also written to <model_dir>/metrics.json).
+  """
+  setup = _set_up(config)
+  strategy, info, run = setup.strategy, setup.info, setup.run
+  train_files, shard_counts = setup.train_files, setup.shard_counts
+  steps_per_epoch, total_steps = setup.steps_per_epoch, setup.total_steps
+  per_replica, val_examples = setup.per_replica_batch_size, setup.val_examples
+  is_chief = summaries.is_chief(strategy)
+  work_dir = summaries.worker_dir(config.model_dir, strategy)
+  os.makedirs(work_dir, exist_ok=True)
 
   manager = tf.train.CheckpointManager(run.checkpoint, os.path.join(work_dir, "checkpoints"),
                                        max_to_keep=config.keep_checkpoints)
@@ -446,7 +568,7 @@ def train_and_evaluate(config):
   stopped_early = bool(config.early_stopping_patience and
                        int(run.stale_epochs.numpy()) >= config.early_stopping_patience)
   step = start_step
-  with Preemption() as preemption:
+  with Preemption(strategy) as preemption:
     while step < total_steps and not stopped_early:
       epoch = step // steps_per_epoch
       epoch_end = min((epoch + 1) * steps_per_epoch, total_steps)
@@ -478,22 +600,23 @@ def train_and_evaluate(config):
                    acc=float(run.train_accuracy.result()), lr=current_lr(run),
                    img_s=int(images_per_second))
         if config.checkpoint_every_steps and step % config.checkpoint_every_steps == 0:
-          manager.save(checkpoint_number=step)
-        if preemption.requested:
+          save_checkpoint(manager, step)
+        if preemption.should_stop():
           break
       # An epoch that ends here is evaluated even on SIGTERM: the resumed run
       # starts after it and would never evaluate it.
       if step % steps_per_epoch == 0 or step == total_steps:
         val_metrics, stopped_early = _end_epoch(config, run, eval_fn, val_dataset, val_examples,
                                                 info, writer, manager, best_manager, step, ema)
-      if preemption.requested and step < total_steps and not stopped_early:
+      if preemption.stop and step < total_steps and not stopped_early:
         if step % steps_per_epoch:  # _end_epoch saved the epoch ends.
-          manager.save(checkpoint_number=step)
+          save_checkpoint(manager, step)
         preempted = True
         print(f"SIGTERM: saved checkpoint at step {step}; rerun the same command to resume.")
         break
   writer.flush()
   if preempted:
+    summaries.cleanup_worker_dir(work_dir, config.model_dir)
     return {"preempted": True, "step": step}
   if not val_metrics:  # Nothing was left to train (a rerun of a finished run).
     with EmaWeights(run, ema):
@@ -503,7 +626,7 @@ def train_and_evaluate(config):
   if is_chief:
     if config.export:
       with EmaWeights(run, ema):
-        export.export(run.model, info["class_names"], os.path.join(config.model_dir, "export"))
+        export.export(run.model, info["class_names"], export_dir_of(config))
     with open(os.path.join(config.model_dir, "metrics.json"), "w") as f:
       json.dump(final, f, indent=1)
     writer.hparams_end(config, final)
@@ -532,9 +655,9 @@ def _end_epoch(config, run, eval_fn, val_dataset, val_examples, info, writer, ma
   stop = bool(config.early_stopping_patience and
               int(run.stale_epochs.numpy()) >= config.early_stopping_patience)
   writer.validation(step, metrics, wrong, val_examples, info["class_names"])
-  manager.save(checkpoint_number=step)
+  save_checkpoint(manager, step)
   if improved:
-    best_manager.save(checkpoint_number=step)
+    save_checkpoint(best_manager, step)
   print(f"step {step}: val_loss={metrics['loss']:.4f} val_accuracy={metrics['accuracy']:.4%}"
         f"{' (best)' if improved else ''}{'; early stop' if stop else ''}")
   return metrics, stop
