@@ -1,0 +1,331 @@
+"""Tests of tfmnist.inference: predictors of exports and checkpoints, test-time
+augmentation and ensembles.
+
+`shared_cli_run` (one run trained by the command line, so that it has a real
+flags.txt) is also used by test_report, test_predict and test_evaluate.
+"""
+
+import os
+import re
+import shutil
+import threading
+import types
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import train_fixtures as tfx
+from tfmnist import data, export, inference, models, records
+from tfmnist.errors import DataError
+
+_SHARED = {}
+_SHARED_LOCK = threading.Lock()
+DIGITS = [str(i) for i in range(10)]
+LETTERS = [chr(ord("a") + i) for i in range(10)]
+
+
+def shared_cli_run(tmp_path_factory):
+  """(records folder, run folder) of the session's one command-line run.
+
+  An mlp trained for 2 deterministic epochs of 15 steps: export/, checkpoints/
+  (steps 15 and 30), best/ and the flags.txt the command writes. Nobody
+  changes it; tests that do work on a copy.
+  """
+  records_dir = tfx.shared_records(tmp_path_factory)
+  with _SHARED_LOCK:
+    if "run" not in _SHARED:
+      run_dir = tmp_path_factory.mktemp("cli_run") / "run"
+      tfx.check(tfx.run(tfx.train_command([
+          f"--model_dir={run_dir}", f"--records_dir={records_dir}", "--model=mlp",
+          "--epochs=2", "--global_batch_size=32", "--eval_batch_size=60", "--noprogress",
+          "--deterministic"])))
+      _SHARED["run"] = str(run_dir)
+  return records_dir, _SHARED["run"]
+
+
+def random_export(destination, class_names=DIGITS, seed=1):
+  """Exports an untrained mlp (a second, different ensemble member); returns its folder."""
+  tf.keras.utils.set_random_seed(seed)
+  model = models.create("mlp", len(class_names))
+  model(data.normalize(tf.zeros([1, 28, 28, 1], tf.uint8)), training=False)
+  return export.export(model, list(class_names), str(destination))
+
+
+def keras_probabilities(run, checkpoint_path, images):
+  """Softmax of a restored train_lib.Run's Keras model after restoring one checkpoint."""
+  run.checkpoint.restore(checkpoint_path).assert_existing_objects_matched()
+  logits = run.model(data.normalize(tf.constant(images)), training=False)
+  return tf.nn.softmax(logits).numpy()
+
+
+def _load(model_dir, checkpoint=""):
+  """inference.load(...), or the exception it raised."""
+  try:
+    return inference.load(model_dir, checkpoint)
+  except Exception as e:  # pylint: disable=broad-except
+    return e
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+  """The shared run, its export's predictions, and checkpoint loads running in the background."""
+  records_dir, run_dir = shared_cli_run(tmp_path_factory)
+  root = tmp_path_factory.mktemp("inference")
+  no_export = tfx.copy_tree(run_dir, root / "no_export")
+  shutil.rmtree(os.path.join(no_export, "export"))
+  bad_checkpoint = os.path.join(run_dir, "checkpoints", "ckpt-999")
+  # Each load from a checkpoint starts the training command (~5 s of start-up).
+  jobs = tfx.Jobs(max_parallel=2)
+  loads = {"latest": jobs.submit("latest", _load, no_export),
+           "best": jobs.submit("best", _load, run_dir, "best"),
+           "bad": jobs.submit("bad", _load, run_dir, bad_checkpoint)}
+  images = tfx.synthetic_split(tfx.NUM_TEST, seed=11)[0]
+  predictor = inference.Predictor(os.path.join(run_dir, "export"))
+  yield types.SimpleNamespace(
+      records_dir=records_dir, run_dir=run_dir, root=root, no_export=no_export,
+      bad_checkpoint=bad_checkpoint, loads=loads, images=images, predictor=predictor,
+      probabilities=predictor.predict(images),
+      keras_run=tfx.restore_run(run_dir, records_dir, epochs=2)[0],
+      other=inference.Predictor(random_export(root / "other" / "export")))
+  jobs.close()
+
+
+# ----------------------------------------------------------------------------
+# Predictor
+# ----------------------------------------------------------------------------
+
+
+def test_predictor_matches_the_trained_keras_model(trained):
+  """The export's probabilities are the softmax of the run's model at its last checkpoint."""
+  latest = tf.train.latest_checkpoint(os.path.join(trained.run_dir, "checkpoints"))
+  expected = keras_probabilities(trained.keras_run, latest, trained.images)
+  np.testing.assert_allclose(trained.probabilities, expected, atol=1e-5)
+  assert trained.probabilities.dtype == np.float32
+  assert trained.predictor.class_names == records.read_info(
+      trained.records_dir, "mnist")["class_names"]
+  assert trained.predictor.num_classes == 10
+  labels = tfx.synthetic_split(tfx.NUM_TEST, seed=11)[1]
+  assert (trained.probabilities.argmax(-1) == labels).mean() > 0.5  # It learned something.
+
+
+def test_predictor_shapes_and_batches(trained):
+  """[N, 28, 28] and [N, 28, 28, 1] agree, any batch size gives the same result."""
+  with_channel = trained.predictor.predict(trained.images[..., None], batch_size=7)
+  np.testing.assert_allclose(with_channel, trained.probabilities, atol=1e-6)
+  assert with_channel.shape == (tfx.NUM_TEST, 10)
+
+
+@pytest.mark.parametrize("bad", [np.zeros((2, 28, 28), np.float32),
+                                 np.zeros((2, 32, 32), np.uint8),
+                                 np.zeros((28, 28), np.uint8)])
+def test_predictor_rejects_bad_images(trained, bad):
+  """Floats, other sizes and a single unbatched image raise ValueError."""
+  with pytest.raises(ValueError, match="images must be"):
+    trained.predictor.predict(bad)
+
+
+def test_predictor_of_a_folder_that_is_not_an_export(tmp_path):
+  """A folder without a SavedModel is a DataError naming it."""
+  (tmp_path / "saved_model.pb").write_bytes(b"not a protobuf")
+  with pytest.raises(DataError, match=re.escape(str(tmp_path))):
+    inference.Predictor(str(tmp_path))
+
+
+# ----------------------------------------------------------------------------
+# Shifts and test-time augmentation
+# ----------------------------------------------------------------------------
+
+
+def _bordered_images(count=3, border=4, seed=0):
+  """uint8 [count, 28, 28, 1] random content with a black border of `border` pixels."""
+  rng = np.random.default_rng(seed)
+  images = np.zeros((count, 28, 28, 1), np.uint8)
+  size = 28 - 2 * border
+  images[:, border:-border, border:-border] = rng.integers(1, 256, (count, size, size, 1))
+  return images
+
+
+@pytest.mark.parametrize("dx, dy", [(1, 0), (-1, 0), (0, 1), (0, -1), (3, -2), (-4, 4)])
+def test_shift_images_is_np_roll_inside_a_black_border(dx, dy):
+  """dx moves content right (columns), dy down (rows), like np.roll when nothing falls off."""
+  images = _bordered_images()
+  expected = np.roll(images, (dy, dx), axis=(1, 2))
+  np.testing.assert_array_equal(inference.shift_images(images, dx, dy), expected)
+
+
+def test_shift_images_fills_with_zeros():
+  """What moves in from the edge is black; the rest is the moved image."""
+  images = np.full((2, 28, 28, 1), 200, np.uint8)
+  moved = inference.shift_images(images, 2, -3)
+  assert moved.shape == images.shape and moved.dtype == np.uint8
+  assert np.all(moved[:, :, :2] == 0)  # Two columns on the left.
+  assert np.all(moved[:, -3:] == 0)  # Three rows at the bottom.
+  assert np.all(moved[:, :-3, 2:] == 200)
+  assert np.all(images == 200)  # The input is left alone.
+  np.testing.assert_array_equal(inference.shift_images(images, 0, 0), images)
+
+
+@pytest.mark.parametrize("dx, dy", [(28, 0), (0, -28), (30, 0), (-40, 3)])
+def test_shift_images_beyond_the_image_is_all_black(dx, dy):
+  """Content moved by the image size or more leaves a black image."""
+  images = np.full((2, 28, 28, 1), 200, np.uint8)
+  moved = inference.shift_images(images, dx, dy)
+  assert moved.shape == images.shape
+  assert not moved.any()
+
+
+def test_tta_is_the_mean_over_the_shifted_images(trained):
+  """predict(tta=True) = the mean of the predictions of every TTA shift, by hand."""
+  assert inference.TTA_SHIFTS[0] == (0, 0)
+  assert sorted(map(tuple, inference.TTA_SHIFTS)) == sorted(
+      [(0, 0), (1, 0), (-1, 0), (0, 1), (0, -1)])
+  images = trained.images[:20, ..., None]
+  by_hand = np.mean([trained.predictor.predict(inference.shift_images(images, dx, dy))
+                     for dx, dy in inference.TTA_SHIFTS], axis=0)
+  tta = trained.predictor.predict(images, batch_size=8, tta=True)
+  np.testing.assert_allclose(tta, by_hand, atol=1e-6)
+  np.testing.assert_allclose(tta.sum(-1), 1.0, atol=1e-5)
+  assert np.abs(tta - trained.probabilities[:20]).max() > 1e-4  # The shifts did something.
+
+
+# ----------------------------------------------------------------------------
+# Ensembles
+# ----------------------------------------------------------------------------
+
+
+def test_ensemble_averages_its_members(trained):
+  """Probabilities are the mean of the members'; one member is the member itself."""
+  ensemble = inference.Ensemble([trained.predictor, trained.other])
+  expected = (trained.probabilities + trained.other.predict(trained.images)) / 2
+  assert np.abs(trained.probabilities - expected).max() > 1e-3  # The members differ.
+  np.testing.assert_allclose(ensemble.predict(trained.images), expected, atol=1e-6)
+  assert ensemble.class_names == trained.predictor.class_names
+  assert ensemble.num_classes == 10
+  single = inference.Ensemble([trained.predictor])
+  np.testing.assert_allclose(single.predict(trained.images), trained.probabilities, atol=1e-7)
+  with pytest.raises(ValueError):
+    inference.Ensemble([])
+
+
+def test_ensemble_of_different_class_names_is_a_data_error(trained, tmp_path):
+  """Members must predict the same classes; the error names the odd member."""
+  letters = inference.Predictor(random_export(tmp_path / "letters", LETTERS))
+  with pytest.raises(DataError, match="differ") as error:
+    inference.Ensemble([trained.predictor, letters])
+  assert letters.path in str(error.value)
+
+
+def test_ensemble_export_serves_the_average(trained, tmp_path):
+  """Ensemble.export: plain tf.saved_model.load serves the ensemble's average, same signature."""
+  ensemble = inference.Ensemble([trained.predictor, trained.other])
+  destination = str(tmp_path / "ensemble")
+  assert ensemble.export(destination) == destination
+  assert sorted(os.listdir(tmp_path)) == ["ensemble"]  # No temporary folders left.
+  loaded = tf.saved_model.load(destination)
+  serve = loaded.signatures["serving_default"]
+  member = trained.predictor.loaded.signatures["serving_default"]
+  assert serve.structured_input_signature == member.structured_input_signature
+  assert serve.structured_outputs == member.structured_outputs
+  outputs = serve(images=tf.constant(trained.images))
+  np.testing.assert_allclose(outputs["probabilities"].numpy(),
+                             ensemble.predict(trained.images), atol=1e-5)
+  np.testing.assert_array_equal(outputs["classes"].numpy(),
+                                outputs["probabilities"].numpy().argmax(-1))
+  with open(os.path.join(destination, "assets", export.CLASS_NAMES_FILE)) as f:
+    assert f.read().splitlines() == trained.predictor.class_names
+
+
+# ----------------------------------------------------------------------------
+# load
+# ----------------------------------------------------------------------------
+
+
+def test_load_uses_the_export(trained):
+  """A run folder with export/ and an export folder itself both load the export."""
+  export_dir = os.path.join(trained.run_dir, "export")
+  for folder in (trained.run_dir, export_dir):
+    predictor = inference.load(folder)
+    assert predictor.path == export_dir
+    np.testing.assert_array_equal(predictor.predict(trained.images), trained.probabilities)
+
+
+def test_load_of_a_folder_without_export_or_checkpoints(tmp_path):
+  """An empty run folder, or a missing one, is a DataError naming the folder."""
+  empty = tmp_path / "empty_run"
+  empty.mkdir()
+  with pytest.raises(DataError, match=re.escape(str(empty))):
+    inference.load(str(empty))
+  missing = str(tmp_path / "missing_run")
+  with pytest.raises(DataError, match=re.escape(missing)):
+    inference.load(missing)
+
+
+def test_load_without_export_uses_the_latest_checkpoint(trained):
+  """Without export/, the latest checkpoint is exported by the command: same predictions."""
+  predictor = trained.loads["latest"].result()
+  assert isinstance(predictor, inference.Predictor), predictor
+  assert trained.no_export in predictor.path and "latest" in predictor.path
+  np.testing.assert_allclose(predictor.predict(trained.images), trained.probabilities,
+                             atol=1e-6)
+  assert predictor.class_names == trained.predictor.class_names
+  assert not os.path.exists(os.path.join(trained.no_export, "export"))  # The run is unchanged.
+
+
+def test_load_best_checkpoint(trained):
+  """checkpoint="best" gives the model of the checkpoint in best/."""
+  predictor = trained.loads["best"].result()
+  assert isinstance(predictor, inference.Predictor), predictor
+  assert "best" in predictor.path
+  best = tf.train.latest_checkpoint(os.path.join(trained.run_dir, "best"))
+  expected = keras_probabilities(trained.keras_run, best, trained.images)
+  probabilities = predictor.predict(trained.images)
+  np.testing.assert_allclose(probabilities, expected, atol=1e-5)
+  latest = tf.train.latest_checkpoint(os.path.join(trained.run_dir, "checkpoints"))
+  if os.path.basename(best).split("-")[-1] != os.path.basename(latest).split("-")[-1]:
+    assert np.abs(probabilities - trained.probabilities).max() > 1e-6  # Not the export.
+
+
+def test_load_of_a_bad_checkpoint_path(trained):
+  """A checkpoint path that does not exist is a DataError naming the path."""
+  error = trained.loads["bad"].result()
+  assert isinstance(error, DataError), error
+  assert trained.bad_checkpoint in str(error)
+  assert "\n" not in str(error)
+
+
+def test_load_of_checkpoints_without_flags(trained, tmp_path):
+  """Checkpoints without the run's flags.txt cannot be rebuilt: DataError naming the folder."""
+  run_dir = tmp_path / "run"
+  shutil.copytree(os.path.join(trained.run_dir, "checkpoints"), run_dir / "checkpoints")
+  with pytest.raises(DataError, match="flags.txt") as error:
+    inference.load(str(run_dir))
+  assert str(run_dir) in str(error.value)
+
+
+# ----------------------------------------------------------------------------
+# expand_model_dirs
+# ----------------------------------------------------------------------------
+
+
+def test_expand_model_dirs(tmp_path):
+  """Globs expand to folders only, sorted; pattern order and first occurrence are kept."""
+  for name in ("run_b", "run_a2", "run_a1", "other"):
+    (tmp_path / name).mkdir()
+  (tmp_path / "run_a3.txt").write_text("a file, not a run")
+  path = lambda name: str(tmp_path / name)  # pylint: disable=unnecessary-lambda-assignment
+  assert inference.expand_model_dirs([path("run_b"), path("run_a*")]) == [
+      path("run_b"), path("run_a1"), path("run_a2")]
+  assert inference.expand_model_dirs([path("run_a2"), path("run_*"), path("oth?r")]) == [
+      path("run_a2"), path("run_a1"), path("run_b"), path("other")]
+  # A plain path is kept as given (load reports it when it is not a run).
+  assert inference.expand_model_dirs([path("not_there")]) == [path("not_there")]
+
+
+def test_expand_model_dirs_without_a_match(tmp_path):
+  """A glob that matches no folder (only a file, or nothing) is a DataError naming it."""
+  (tmp_path / "run_1.txt").write_text("a file")
+  for pattern in (str(tmp_path / "run_*"), str(tmp_path / "nothing*")):
+    with pytest.raises(DataError, match="no run folder matches") as error:
+      inference.expand_model_dirs([str(tmp_path), pattern])
+    assert pattern in str(error.value)

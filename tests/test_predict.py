@@ -1,0 +1,299 @@
+"""Tests of tfmnist.predict: Kaggle CSVs, records, image folders, ensembles, errors.
+
+The command-line runs start together in the module fixture (each start of
+TensorFlow costs seconds) and the tests read their results.
+"""
+
+import csv
+import os
+import types
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import train_fixtures as tfx
+from test_inference import random_export, shared_cli_run
+from tfmnist import data, export, inference, predict, records
+from tfmnist import images as images_lib
+from tfmnist.errors import DataError
+
+PIXELS = [f"pixel{i}" for i in range(784)]
+KANNADA_IDS = ["57", "3", "1000", "12", "8"]
+
+
+def _write_csv(path, head, rows):
+  with open(path, "w") as f:
+    f.write("\n".join(",".join(str(v) for v in row) for row in [head, *rows]) + "\n")
+  return str(path)
+
+
+def _stroke_image(strokes, height=40, width=32):
+  """uint8 [H, W, 1]: dark strokes (rows, cols slices) on white paper."""
+  image = np.full((height, width, 1), 245, np.uint8)
+  for rows, cols in strokes:
+    image[rows, cols] = 20
+  return image
+
+
+def _write_png(path, image):
+  tf.io.write_file(str(path), tf.io.encode_png(image))
+  return str(path)
+
+
+def _predict_command(*args):
+  return tfx.run([tfx.PYTHON, "-m", "tfmnist.predict", *map(str, args)])
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+  """Inputs in every format, a second ensemble member, and every command's result."""
+  records_dir, run_dir = shared_cli_run(tmp_path_factory)
+  root = tmp_path_factory.mktemp("predict")
+  s = types.SimpleNamespace(records_dir=records_dir, run_dir=run_dir, root=root)
+  # Kaggle Digit Recognizer test.csv: pixels only.
+  s.digit_images = tfx.synthetic_split(12, seed=21)[0]
+  s.digit_csv = _write_csv(root / "test.csv", PIXELS, s.digit_images.reshape(12, -1))
+  # Kannada-MNIST test.csv: an id column whose values are not 0..N-1.
+  s.kannada_images = tfx.synthetic_split(len(KANNADA_IDS), seed=22)[0]
+  s.kannada_csv = _write_csv(
+      root / "kannada_test.csv", ["id"] + PIXELS,
+      [[i] + list(p) for i, p in zip(KANNADA_IDS, s.kannada_images.reshape(5, -1))])
+  # Photos of digits: dark ink on white.
+  photos = root / "photos"
+  photos.mkdir()
+  s.photo_paths = [
+      _write_png(photos / "a_one.png", _stroke_image([(slice(6, 34), slice(14, 18))])),
+      _write_png(photos / "b_seven.png", _stroke_image(
+          [(slice(6, 10), slice(6, 26)), (slice(6, 34), slice(22, 26))])),
+      _write_png(photos / "c_ell.png", _stroke_image(
+          [(slice(6, 34), slice(8, 12)), (slice(30, 34), slice(8, 24))])),
+  ]
+  (photos / "notes.txt").write_text("not an image, skipped")
+  # Bad inputs.
+  s.bad_csv = _write_csv(root / "bad.csv", PIXELS[:-1],
+                         s.digit_images.reshape(12, -1)[:3, :-1])
+  bad_photos = root / "bad_photos"
+  bad_photos.mkdir()
+  _write_png(bad_photos / "a_good.png", _stroke_image([(slice(6, 34), slice(14, 18))]))
+  s.broken_png = str(bad_photos / "b_broken.png")
+  with open(s.broken_png, "wb") as f:
+    f.write(b"\x89PNG\r\n\x1a\n this is not really a PNG")
+  s.empty_run = root / "empty_run"
+  s.empty_run.mkdir()
+  # The second member of the ensemble, named by a glob.
+  s.member_dir = str(root / "members" / "run_b")
+  random_export(os.path.join(s.member_dir, "export"))
+  s.ensemble_export = str(root / "ensemble_export")
+  s.out = {name: root / f"out_{name}" for name in ("digit", "kannada", "bad_csv", "bad_image",
+                                                   "no_model")}
+  for folder in s.out.values():
+    folder.mkdir()
+  model = f"--model_dir={run_dir}"
+  commands = {
+      "digit": [model, f"--input={s.digit_csv}", f"--output={s.out['digit']}/sub.csv"],
+      "kannada": [model, f"--input={s.kannada_csv}", f"--output={s.out['kannada']}/sub.csv"],
+      "records": [model, f"--input={os.path.join(records_dir, 'mnist')}", "--split=test"],
+      # Two models, one named by a glob, predicting the photos.
+      "ensemble": [model, f"--model_dir={root / 'members' / 'run_*'}", f"--input={photos}",
+                   f"--export_ensemble={s.ensemble_export}"],
+      "bad_csv": [model, f"--input={s.bad_csv}", f"--output={s.out['bad_csv']}/sub.csv"],
+      "bad_image": [model, f"--input={bad_photos}",
+                    f"--output={s.out['bad_image']}/sub.csv"],
+      "no_model": [f"--model_dir={s.empty_run}", f"--input={s.digit_csv}",
+                   f"--output={s.out['no_model']}/sub.csv"],
+  }
+  jobs = tfx.Jobs(max_parallel=2)
+  s.results = {name: jobs.submit(name, _predict_command, *args)
+               for name, args in commands.items()}
+  s.predictor = inference.Predictor(os.path.join(run_dir, "export"))
+  s.member = inference.Predictor(os.path.join(s.member_dir, "export"))
+  s.ensemble = inference.Ensemble([s.predictor, s.member])
+  yield s
+  jobs.close()
+
+
+def _result(setup, name):
+  return setup.results[name].result()
+
+
+def _read_csv(path):
+  with open(path, newline="") as f:
+    return list(csv.reader(f))
+
+
+def _assert_one_line_error(result, *names):
+  """Exit status non-zero and one stderr line naming `names`."""
+  assert result.returncode != 0, tfx.describe(result)
+  lines = tfx.clean_stderr(result.stderr).strip().splitlines()
+  assert len(lines) == 1, tfx.describe(result)
+  assert lines[0].startswith("predict: error: "), lines[0]
+  for name in names:
+    assert str(name) in lines[0], (name, lines[0])
+
+
+# ----------------------------------------------------------------------------
+# Library functions
+# ----------------------------------------------------------------------------
+
+
+def test_read_inputs_of_a_digit_recognizer_csv(setup):
+  """Pixels-only CSV: ImageId 1..N in input order, no labels."""
+  inputs = predict.read_inputs(setup.digit_csv, 10, "test")
+  assert inputs.kind == "csv" and inputs.labels is None
+  assert inputs.header == ["ImageId", "Label"] == predict.header(inputs)
+  assert inputs.keys == [(i,) for i in range(1, 13)]
+  np.testing.assert_array_equal(np.asarray(inputs.images).reshape(12, 28, 28),
+                                setup.digit_images)
+
+
+def test_read_inputs_of_a_kannada_csv(setup):
+  """id,pixel... CSV: the ids are echoed as they are, in file order."""
+  inputs = predict.read_inputs(setup.kannada_csv, 10, "test")
+  assert inputs.header == ["id", "label"]
+  assert [str(key[0]) for key in inputs.keys] == KANNADA_IDS
+  np.testing.assert_array_equal(np.asarray(inputs.images).reshape(5, 28, 28),
+                                setup.kannada_images)
+
+
+def test_read_inputs_of_records(setup):
+  """A records dataset folder: the split's images, indices and labels."""
+  inputs = predict.read_inputs(os.path.join(setup.records_dir, "mnist"), 10, "test")
+  examples = data.read_examples(records.split_files(setup.records_dir, "mnist", "test"))
+  assert inputs.kind == "records"
+  assert predict.header(inputs) == ["index", "label", "prediction", "probability"]
+  np.testing.assert_array_equal(inputs.labels, examples.label.numpy())
+  assert [k[1] for k in inputs.keys] == examples.label.numpy().tolist()
+  with pytest.raises(DataError, match="no split 'dig'"):
+    predict.read_inputs(os.path.join(setup.records_dir, "mnist"), 10, "dig")
+
+
+def test_read_inputs_of_a_missing_path(tmp_path):
+  """A path that does not exist is a DataError naming it."""
+  missing = str(tmp_path / "nothing.csv")
+  with pytest.raises(DataError, match="no such file") as error:
+    predict.read_inputs(missing, 10, "test")
+  assert missing in str(error.value)
+
+
+def test_rows_of_each_kind():
+  """CSV rows end with the label; records add the probability; images the class name too."""
+  probabilities = np.array([[0.1, 0.7, 0.2], [0.6, 0.3, 0.1]], np.float32)
+  keys = [("x",), ("y",)]
+  csv_inputs = predict.Inputs(None, ["id", "label"], keys, None, "csv")
+  assert predict.rows(csv_inputs, probabilities, ["a", "b", "c"]) == [("x", 1), ("y", 0)]
+  record_inputs = predict.Inputs(None, ["index", "label"], [(4, 1), (9, 2)], None, "records")
+  assert predict.rows(record_inputs, probabilities, ["a", "b", "c"]) == [
+      (4, 1, 1, "0.700000"), (9, 2, 0, "0.600000")]
+  image_inputs = predict.Inputs(None, ["file", "label", "class_name", "probability"], keys,
+                                None, "images")
+  assert predict.rows(image_inputs, probabilities, ["a", "b", "c"]) == [
+      ("x", 1, "b", "0.700000"), ("y", 0, "a", "0.600000")]
+  assert predict.header(image_inputs) == ["file", "label", "class_name", "probability"]
+
+
+def test_write_csv(tmp_path):
+  """The CSV is written whole, replacing an older one, without a temporary file left."""
+  path = tmp_path / "out.csv"
+  path.write_text("old\n")
+  predict.write_csv(str(path), ["id", "label"], [("57", 3), ("3", 1)])
+  assert path.read_text() == "id,label\n57,3\n3,1\n"
+  assert os.listdir(tmp_path) == ["out.csv"]
+  missing = tmp_path / "no_folder" / "out.csv"
+  with pytest.raises(DataError, match="does not exist"):
+    predict.write_csv(str(missing), ["id"], [])
+  assert not os.path.exists(missing.parent)
+
+
+# ----------------------------------------------------------------------------
+# The command line
+# ----------------------------------------------------------------------------
+
+
+def test_digit_recognizer_submission(setup):
+  """ImageId,Label with 1-based ids in input order; labels are the export's argmax."""
+  result = tfx.check(_result(setup, "digit"))
+  path = setup.out["digit"] / "sub.csv"
+  assert "12 predictions from 1 model(s)" in result.stdout
+  lines = _read_csv(path)
+  assert lines[0] == ["ImageId", "Label"]
+  expected = setup.predictor.predict(setup.digit_images).argmax(-1)
+  assert lines[1:] == [[str(i + 1), str(label)] for i, label in enumerate(expected)]
+  assert os.listdir(setup.out["digit"]) == ["sub.csv"]
+
+
+def test_kannada_submission_echoes_the_ids(setup):
+  """id,label with the file's ids, in file order."""
+  tfx.check(_result(setup, "kannada"))
+  lines = _read_csv(setup.out["kannada"] / "sub.csv")
+  assert lines[0] == ["id", "label"]
+  expected = setup.predictor.predict(setup.kannada_images).argmax(-1)
+  assert lines[1:] == [[i, str(label)] for i, label in zip(KANNADA_IDS, expected)]
+
+
+def test_records_split_is_printed(setup):
+  """A records folder with --split: one printed row per example, accuracy on stderr."""
+  result = tfx.check(_result(setup, "records"))
+  examples = data.read_examples(records.split_files(setup.records_dir, "mnist", "test"))
+  probabilities = setup.predictor.predict(examples.image.numpy())
+  labels = examples.label.numpy()
+  rows = [line.split(",") for line in result.stdout.strip().splitlines()]
+  assert len(rows) == tfx.NUM_TEST
+  assert [int(r[0]) for r in rows] == examples.index.numpy().tolist()
+  assert [int(r[1]) for r in rows] == labels.tolist()
+  assert [int(r[2]) for r in rows] == probabilities.argmax(-1).tolist()
+  np.testing.assert_allclose([float(r[3]) for r in rows], probabilities.max(-1), atol=2e-6)
+  accuracy = np.mean(probabilities.argmax(-1) == labels)
+  assert f"accuracy {accuracy:.4%} against the input's labels" in result.stderr
+
+
+def test_image_folder_is_printed(setup):
+  """An image folder: one line per image file (others skipped): file, label, name, probability."""
+  result = tfx.check(_result(setup, "ensemble"))
+  lines = [line for line in result.stdout.strip().splitlines() if not line.startswith("ensemble")]
+  assert len(lines) == len(setup.photo_paths), result.stdout
+  pixels, _ = images_lib.load_images(setup.photo_paths)
+  probabilities = setup.ensemble.predict(pixels)
+  for line, path, p in zip(lines, setup.photo_paths, probabilities):
+    file, label, name, probability = line.split(",")
+    assert file == path
+    assert int(label) == p.argmax() and name == setup.predictor.class_names[p.argmax()]
+    assert float(probability) == pytest.approx(p.max(), abs=2e-6)
+
+
+def test_two_model_dirs_make_an_ensemble(setup):
+  """--model_dir twice (one a glob) averages the models; --export_ensemble saves the average."""
+  result = tfx.check(_result(setup, "ensemble"))
+  assert "from 2 model(s)" in result.stderr
+  assert f"ensemble of 2 models exported to {setup.ensemble_export}" in result.stdout
+  pixels, _ = images_lib.load_images(setup.photo_paths)
+  probabilities = setup.ensemble.predict(pixels)
+  printed = [float(line.split(",")[-1]) for line in result.stdout.strip().splitlines()[1:]]
+  np.testing.assert_allclose(printed, probabilities.max(-1), atol=2e-6)
+  # Neither model alone gives these probabilities.
+  for member in (setup.predictor, setup.member):
+    assert np.abs(member.predict(pixels).max(-1) - printed).max() > 1e-3
+  loaded = tf.saved_model.load(setup.ensemble_export)
+  served = loaded.signatures["serving_default"](images=tf.constant(setup.digit_images))
+  np.testing.assert_allclose(served["probabilities"].numpy(),
+                             setup.ensemble.predict(setup.digit_images), atol=1e-5)
+  with open(os.path.join(setup.ensemble_export, "assets", export.CLASS_NAMES_FILE)) as f:
+    assert f.read().splitlines() == setup.predictor.class_names
+
+
+def test_csv_with_wrong_columns(setup):
+  """783 pixel columns: one-line error naming the file, no output written."""
+  _assert_one_line_error(_result(setup, "bad_csv"), setup.bad_csv)
+  assert os.listdir(setup.out["bad_csv"]) == []
+
+
+def test_undecodable_image(setup):
+  """A file that is no image: one-line error naming it, no output written."""
+  _assert_one_line_error(_result(setup, "bad_image"), setup.broken_png)
+  assert os.listdir(setup.out["bad_image"]) == []
+
+
+def test_model_dir_without_export_or_checkpoints(setup):
+  """A run folder with nothing to load: one-line error naming it, no output written."""
+  _assert_one_line_error(_result(setup, "no_model"), setup.empty_run)
+  assert os.listdir(setup.out["no_model"]) == []

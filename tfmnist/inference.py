@@ -1,0 +1,192 @@
+"""Trained models as predictors: uint8 images in, probabilities out.
+
+Evaluation, prediction and ensembles all go through a run's exported
+SavedModel and its `serving_default` signature, so they see exactly what a
+program that loads the export sees. A run without an export, or a chosen
+checkpoint, is exported first by the training command itself
+(`python -m tfmnist.train --flagfile=<run>/flags.txt --export_checkpoint=...`),
+which rebuilds the run's model from its own flags.
+"""
+
+import glob
+import os
+import subprocess
+import sys
+import tempfile
+
+import numpy as np
+import tensorflow as tf
+
+from tfmnist import export
+from tfmnist.errors import DataError
+
+# Test-time augmentation: the image itself and one-pixel shifts (never flips:
+# a mirrored digit is another symbol or none).
+TTA_SHIFTS = ((0, 0), (1, 0), (-1, 0), (0, 1), (0, -1))
+
+
+class Predictor:
+  """One SavedModel with the tfmnist serving signature.
+
+  Attributes:
+    path: what was loaded (the export folder, or `<run> @ <checkpoint>`).
+    class_names: names in label order, from the export's asset.
+  """
+
+  def __init__(self, export_dir, label=None):
+    try:
+      self.loaded = tf.saved_model.load(export_dir)
+      self._serve = self.loaded.signatures["serving_default"]
+    except (OSError, ValueError, KeyError, tf.errors.OpError) as e:
+      raise DataError(f"{export_dir}: not a loadable tfmnist SavedModel "
+                      f"({str(e).splitlines()[0]})") from None
+    names = os.path.join(export_dir, "assets", export.CLASS_NAMES_FILE)
+    if not os.path.exists(names):
+      raise DataError(f"{export_dir}: no assets/{export.CLASS_NAMES_FILE}; not a tfmnist export")
+    with open(names) as f:
+      self.class_names = [line.rstrip("\n") for line in f]
+    self.path = label or export_dir
+
+  @property
+  def num_classes(self):
+    return len(self.class_names)
+
+  def predict(self, images, batch_size=1000, tta=False):
+    """Probabilities float32 [N, classes] of uint8 images [N, 28, 28(, 1)].
+
+    With `tta`, the average over the image and its one-pixel shifts.
+    """
+    images = _as_batch(images)
+    offsets = TTA_SHIFTS if tta else TTA_SHIFTS[:1]
+    total = np.zeros((len(images), self.num_classes), np.float64)
+    for dx, dy in offsets:
+      moved = shift_images(images, dx, dy)
+      for start in range(0, len(images), batch_size):
+        batch = tf.constant(moved[start:start + batch_size])
+        total[start:start + batch_size] += self._serve(images=batch)["probabilities"].numpy()
+    return (total / len(offsets)).astype(np.float32)
+
+
+def _as_batch(images):
+  images = np.asarray(images)
+  if images.dtype != np.uint8:
+    raise ValueError(f"images must be uint8, got {images.dtype}")
+  if images.ndim == 3:
+    images = images[..., None]
+  if images.ndim != 4 or images.shape[1:] != (28, 28, 1):
+    raise ValueError(f"images must be [N, 28, 28] or [N, 28, 28, 1], got {images.shape}")
+  return images
+
+
+def shift_images(images, dx, dy):
+  """Moves the content of [N, H, W, C] images by (dx, dy) pixels, filling with 0."""
+  if dx == 0 and dy == 0:
+    return images
+  out = np.zeros_like(images)
+  h, w = images.shape[1], images.shape[2]
+  if abs(dx) >= w or abs(dy) >= h:
+    return out
+  out[:, max(dy, 0):h + min(dy, 0), max(dx, 0):w + min(dx, 0)] = (
+      images[:, max(-dy, 0):h + min(-dy, 0), max(-dx, 0):w + min(-dx, 0)])
+  return out
+
+
+def export_dir(model_dir):
+  return os.path.join(model_dir, "export")
+
+
+def _export_checkpoint(model_dir, checkpoint, destination, records_dir=""):
+  """Runs the training command's --export_checkpoint for one run."""
+  flagfile = os.path.join(model_dir, "flags.txt")
+  if not os.path.exists(flagfile):
+    raise DataError(f"{model_dir}: no flags.txt, so its checkpoints cannot be rebuilt into a "
+                    "model")
+  command = [sys.executable, "-m", "tfmnist.train", f"--flagfile={flagfile}",
+             f"--model_dir={model_dir}", f"--export_checkpoint={checkpoint}",
+             f"--export_dir={destination}", "--noprogress"]
+  if records_dir:
+    command.append(f"--records_dir={records_dir}")
+  result = subprocess.run(command, capture_output=True, text=True, check=False)
+  if result.returncode:
+    lines = [l for l in result.stderr.splitlines() if l.startswith("train: error:")]
+    reason = lines[-1][len("train: error: "):] if lines else (
+        result.stderr.strip().splitlines() or ["unknown failure"])[-1]
+    raise DataError(f"{model_dir}: exporting checkpoint {checkpoint!r} failed: {reason}")
+
+
+def load(model_dir, checkpoint="", records_dir=""):
+  """The Predictor of a run folder.
+
+  Args:
+    model_dir: a run folder (or an export folder itself).
+    checkpoint: "" for the run's export (its latest checkpoint when it has no
+      export); "latest", "best" or a checkpoint path to use that checkpoint.
+    records_dir: where the run's records are, when not where its flags say
+      (only needed to rebuild a model from a checkpoint).
+
+  Raises:
+    DataError: the folder has no export and no checkpoint, or they cannot be
+      loaded.
+  """
+  if not os.path.isdir(model_dir):
+    raise DataError(f"{model_dir}: no such run folder")
+  if os.path.exists(os.path.join(model_dir, "saved_model.pb")):
+    if checkpoint:
+      raise ValueError(f"{model_dir} is an export, it has no checkpoint {checkpoint!r}; give "
+                       "the run folder")
+    return Predictor(model_dir)
+  if not checkpoint:
+    if os.path.exists(os.path.join(export_dir(model_dir), "saved_model.pb")):
+      return Predictor(export_dir(model_dir))
+    if tf.train.latest_checkpoint(os.path.join(model_dir, "checkpoints")) is None:
+      raise DataError(f"{model_dir}: no export/ and no checkpoints/; train it first with "
+                      f"`python -m tfmnist.train --model_dir={model_dir} ...`")
+    checkpoint = "latest"
+  # The folder lives as long as the predictor: an ensemble export copies the
+  # member's assets from it.
+  tmp = tempfile.TemporaryDirectory(prefix="tfmnist-export-")
+  destination = os.path.join(tmp.name, "export")
+  _export_checkpoint(model_dir, checkpoint, destination, records_dir)
+  predictor = Predictor(destination, label=f"{model_dir} @ {checkpoint}")
+  predictor.tmp = tmp
+  return predictor
+
+
+def expand_model_dirs(patterns):
+  """Run folders named by paths or glob patterns, in the order given."""
+  found = []
+  for pattern in patterns:
+    matches = ([m for m in sorted(glob.glob(pattern)) if os.path.isdir(m)]
+               if glob.has_magic(pattern) else [pattern])
+    if not matches:
+      raise DataError(f"{pattern}: no run folder matches")
+    found += [m for m in matches if m not in found]
+  return found
+
+
+class Ensemble:
+  """Predictors whose probabilities are averaged; one member is a plain model."""
+
+  def __init__(self, predictors):
+    if not predictors:
+      raise ValueError("an ensemble needs at least one model")
+    names = predictors[0].class_names
+    for p in predictors[1:]:
+      if p.class_names != names:
+        raise DataError(f"{p.path}: classes {p.class_names} differ from "
+                        f"{predictors[0].path}'s {names}")
+    self.members = list(predictors)
+    self.class_names = names
+
+  @property
+  def num_classes(self):
+    return len(self.class_names)
+
+  def export(self, destination):
+    """Writes the ensemble as one SavedModel with the single-model signature."""
+    export.export([m.loaded for m in self.members], self.class_names, destination)
+    return destination
+
+  def predict(self, images, batch_size=1000, tta=False):
+    total = sum(m.predict(images, batch_size, tta).astype(np.float64) for m in self.members)
+    return (total / len(self.members)).astype(np.float32)

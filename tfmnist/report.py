@@ -1,0 +1,248 @@
+"""The evaluation report of a trained model on one split: `write_report(...)`.
+
+Everything lands in `<model_dir>/eval/<split>/`: metrics.json, the figures
+(confusion matrix, most confident mistakes, training curves, reliability
+diagram, robustness) and report.md, which shows them all. The folder is
+written under a temporary name and renamed at the end, so an interrupted
+evaluation leaves the previous report whole.
+"""
+
+import dataclasses
+import json
+import os
+import time
+
+import numpy as np
+import tensorflow as tf
+
+from tfmnist import augment, data, figures, metrics, records, summaries
+from tfmnist.errors import DataError
+
+NOISE_FACTORS = tuple(round(0.1 * i, 1) for i in range(11))
+ROTATION_DEGREES = (-20, -15, -10, -5, 0, 5, 10, 15, 20)
+SHIFT_PIXELS = (0, 1, 2, 3, 4)
+_SHIFT_DIRECTIONS = ((1, 0), (-1, 0), (0, 1), (0, -1))
+
+
+@dataclasses.dataclass
+class ReportConfig:
+  """What to evaluate and how.
+
+  Attributes:
+    model_dir: the run folder, whose logs give the training curves.
+    output_dir: the report goes to <output_dir>/eval/<split> and its
+      TensorBoard summaries to <output_dir>/logs/eval_<split>; empty: model_dir.
+    records_dir, dataset, split: the images evaluated.
+    top_mistakes: mistakes shown in the grid.
+    robustness: run the noise, rotation and shift sweeps.
+    seed: seed of the Gaussian noise.
+    batch_size: images per call of the model.
+    tta: test-time augmentation with one-pixel shifts.
+  """
+  model_dir: str
+  output_dir: str = ""
+  records_dir: str = "records"
+  dataset: str = "mnist"
+  split: str = "test"
+  top_mistakes: int = 24
+  robustness: bool = True
+  seed: int = 0
+  batch_size: int = 1000
+  tta: bool = False
+
+
+def read_split(records_dir, dataset, split):
+  """(info, uint8 images [N, 28, 28, 1], int labels [N]) of a labelled split."""
+  info = records.read_info(records_dir, dataset)
+  examples = data.read_examples(records.split_files(records_dir, dataset, split))
+  labels = examples.label.numpy()
+  if np.any(labels < 0):
+    raise DataError(f"{records.dataset_dir(records_dir, dataset)}: split {split!r} has no "
+                    "labels to evaluate against; use `python -m tfmnist.predict` for it")
+  return info, examples.image.numpy(), labels
+
+
+# ----------------------------------------------------------------------------
+# Robustness
+# ----------------------------------------------------------------------------
+
+
+def add_noise(images, factor, seed):
+  """uint8 images plus Gaussian noise of std `factor` (pixels in [0, 1]), clipped."""
+  if factor == 0:
+    return images
+  noise = np.random.default_rng(seed).standard_normal(images.shape, np.float32)
+  noisy = images.astype(np.float32) / 255.0 + factor * noise
+  return np.round(np.clip(noisy, 0.0, 1.0) * 255.0).astype(np.uint8)
+
+
+def rotate(images, degrees):
+  """uint8 images turned counter-clockwise by `degrees` (bilinear, black fill)."""
+  if degrees == 0:
+    return images
+  count = len(images)
+  zeros, ones = tf.zeros([count]), tf.ones([count])
+  matrices = augment.affine_matrices(tf.fill([count], np.deg2rad(degrees).astype(np.float32)),
+                                     zeros, ones, ones, zeros, zeros)
+  turned = augment.transform(tf.cast(images, tf.float32), matrices)
+  return tf.cast(tf.round(tf.clip_by_value(turned, 0.0, 255.0)), tf.uint8).numpy()
+
+
+def shift(images, dx, dy):
+  """uint8 images moved by (dx, dy) pixels, filled with black."""
+  from tfmnist.inference import shift_images  # pylint: disable=g-import-not-at-top
+  return shift_images(images, dx, dy)
+
+
+def robustness(predict, images, labels, seed=0):
+  """Accuracy under Gaussian noise, rotations and shifts.
+
+  Args:
+    predict: uint8 images -> probabilities [N, classes].
+    images, labels: the split.
+    seed: seed of the noise.
+
+  Returns:
+    {name: {"levels", "accuracy", "unit"}} for figures.robustness_figure.
+  """
+  def accuracy(perturbed):
+    return float(np.mean(np.argmax(predict(perturbed), -1) == labels))
+
+  clean = accuracy(images)
+  results = {
+      "gaussian noise": {"unit": "noise std (pixels in [0, 1])", "levels": list(NOISE_FACTORS),
+                         "accuracy": [clean if f == 0 else accuracy(add_noise(images, f, seed))
+                                      for f in NOISE_FACTORS]},
+      "rotation": {"unit": "degrees", "levels": list(ROTATION_DEGREES),
+                   "accuracy": [clean if d == 0 else accuracy(rotate(images, d))
+                                for d in ROTATION_DEGREES]},
+  }
+  # Each shift is the mean over the four directions.
+  results["shift"] = {"unit": "pixels (mean of left, right, up, down)",
+                      "levels": list(SHIFT_PIXELS),
+                      "accuracy": [clean if p == 0 else float(np.mean(
+                          [accuracy(shift(images, p * dx, p * dy))
+                           for dx, dy in _SHIFT_DIRECTIONS])) for p in SHIFT_PIXELS]}
+  return results
+
+
+# ----------------------------------------------------------------------------
+# The report
+# ----------------------------------------------------------------------------
+
+
+def _tensorboard(model_dir, split, result, confusion_png, step):
+  """The confusion matrix image and the metrics under <model_dir>/logs/eval_<split>."""
+  writer = tf.summary.create_file_writer(os.path.join(model_dir, "logs", f"eval_{split}"))
+  with writer.as_default(step=step):
+    tf.summary.image("confusion_matrix", tf.io.decode_png(confusion_png)[None],
+                     description=f"{split}: rows true class, columns predicted")
+    tf.summary.scalar("accuracy", result["accuracy"])
+    tf.summary.scalar("loss", result["loss"])
+    tf.summary.scalar("expected_calibration_error", result["expected_calibration_error"])
+  writer.close()
+
+
+def _final_step(model_dir):
+  try:
+    with open(os.path.join(model_dir, "metrics.json")) as f:
+      return int(json.load(f)["step"])
+  except (OSError, ValueError, KeyError):
+    return 0
+
+
+def _markdown(config, source, result, robust, figure_names, seconds, class_names):
+  lines = [f"# Evaluation of {config.model_dir} on {config.dataset} / {config.split}", "",
+           f"Model: `{source}`{' with test-time augmentation' if config.tta else ''}. "
+           f"{result['count']} images, evaluated in {seconds:.1f} s.", "",
+           "| metric | value |", "| --- | --- |",
+           f"| accuracy | {result['accuracy']:.4%} |",
+           f"| errors | {result['error_count']} of {result['count']} |",
+           f"| loss (cross-entropy) | {result['loss']:.4f} |",
+           f"| expected calibration error | {result['expected_calibration_error']:.4f} |",
+           f"| macro F1 | {result['macro_f1']:.4f} |", "",
+           "## Per class", "", "| class | support | precision | recall | F1 |",
+           "| --- | ---: | ---: | ---: | ---: |"]
+  for row in result["per_class"]:
+    lines.append(f"| {row['name']} | {row['support']} | {row['precision']:.4f} | "
+                 f"{row['recall']:.4f} | {row['f1']:.4f} |")
+  titles = {"confusion": "Confusion matrix",
+            "mistakes": f"The {config.top_mistakes} most confident mistakes",
+            "curves": "Training curves", "reliability": "Reliability diagram",
+            "robustness": "Robustness"}
+  for key, name in figure_names.items():
+    lines += ["", f"## {titles[key]}", "", f"![{titles[key]}]({name})"]
+  if robust:
+    lines += ["", "| perturbation | level | accuracy |", "| --- | ---: | ---: |"]
+    for kind, sweep in robust.items():
+      for level, acc in zip(sweep["levels"], sweep["accuracy"]):
+        lines.append(f"| {kind} ({sweep['unit']}) | {level:g} | {acc:.4%} |")
+  del class_names
+  return "\n".join(lines) + "\n"
+
+
+def write_report(config, predictor):
+  """Evaluates `predictor` on the split and writes <model_dir>/eval/<split>/.
+
+  Args:
+    config: ReportConfig.
+    predictor: inference.Predictor or inference.Ensemble.
+
+  Returns:
+    (report folder, metrics dict).
+
+  Raises:
+    DataError: missing records, an unlabelled split, or classes that differ
+      between the dataset and the model.
+  """
+  start = time.perf_counter()
+  info, images, labels = read_split(config.records_dir, config.dataset, config.split)
+  if info["num_classes"] != predictor.num_classes:
+    raise DataError(
+        f"{records.dataset_dir(config.records_dir, config.dataset)}: {info['num_classes']} "
+        f"classes, but the model {getattr(predictor, 'path', '')} predicts "
+        f"{predictor.num_classes}")
+  class_names = info["class_names"]
+
+  def predict(batch):
+    return predictor.predict(batch, config.batch_size, config.tta)
+
+  probabilities = predict(images)
+  result = metrics.classification_metrics(labels, probabilities, class_names)
+  robust = robustness(predict, images, labels, config.seed) if config.robustness else None
+
+  output_dir = config.output_dir or config.model_dir
+  final = os.path.join(output_dir, "eval", config.split)
+  with records.atomic_folder(final, overwrite=True) as tmp:
+    names = {"confusion": "confusion.png", "mistakes": "mistakes.png"}
+    title = f"{config.dataset} {config.split}: accuracy {result['accuracy']:.2%}"
+    figures.confusion_figure(np.array(result["confusion_matrix"]), class_names,
+                             os.path.join(tmp, names["confusion"]), title=title)
+    worst = metrics.top_mistakes(labels, probabilities, config.top_mistakes)
+    figures.mistakes_grid(images[worst], labels[worst], np.argmax(probabilities[worst], -1),
+                          probabilities[worst].max(-1), class_names,
+                          os.path.join(tmp, names["mistakes"]))
+    log_dir = os.path.join(config.model_dir, "logs")
+    if any(os.path.isdir(os.path.join(log_dir, run)) for run in ("train", "validation")):
+      names["curves"] = "curves.png"
+      figures.curves_figure(summaries.read_scalars(log_dir), os.path.join(tmp, names["curves"]))
+    names["reliability"] = "reliability.png"
+    figures.reliability_figure(metrics.reliability_bins(labels, probabilities),
+                               os.path.join(tmp, names["reliability"]), title=title)
+    if robust:
+      names["robustness"] = "robustness.png"
+      figures.robustness_figure(robust, os.path.join(tmp, names["robustness"]))
+    seconds = time.perf_counter() - start
+    source = getattr(predictor, "path", None) or ", ".join(m.path for m in predictor.members)
+    output = {"model": source, "dataset": config.dataset, "split": config.split,
+              "tta": config.tta, "seconds": seconds, **result}
+    if robust:
+      output["robustness"] = robust
+    with open(os.path.join(tmp, "metrics.json"), "w") as f:
+      json.dump(output, f, indent=1)
+    with open(os.path.join(tmp, "report.md"), "w") as f:
+      f.write(_markdown(config, source, result, robust, names, seconds, class_names))
+    with open(os.path.join(tmp, names["confusion"]), "rb") as f:
+      _tensorboard(output_dir, config.split, result, f.read(),
+                   _final_step(config.model_dir))
+  return final, output
