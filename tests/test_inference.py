@@ -17,6 +17,7 @@ import tensorflow as tf
 
 import train_fixtures as tfx
 from tfmnist import data, export, inference, models, records
+from tfmnist import images as images_lib
 from tfmnist.errors import DataError
 
 _SHARED = {}
@@ -151,26 +152,26 @@ def test_shift_images_is_np_roll_inside_a_black_border(dx, dy):
   """dx moves content right (columns), dy down (rows), like np.roll when nothing falls off."""
   images = _bordered_images()
   expected = np.roll(images, (dy, dx), axis=(1, 2))
-  np.testing.assert_array_equal(inference.shift_images(images, dx, dy), expected)
+  np.testing.assert_array_equal(images_lib.shift_images(images, dx, dy), expected)
 
 
 def test_shift_images_fills_with_zeros():
   """What moves in from the edge is black; the rest is the moved image."""
   images = np.full((2, 28, 28, 1), 200, np.uint8)
-  moved = inference.shift_images(images, 2, -3)
+  moved = images_lib.shift_images(images, 2, -3)
   assert moved.shape == images.shape and moved.dtype == np.uint8
   assert np.all(moved[:, :, :2] == 0)  # Two columns on the left.
   assert np.all(moved[:, -3:] == 0)  # Three rows at the bottom.
   assert np.all(moved[:, :-3, 2:] == 200)
   assert np.all(images == 200)  # The input is left alone.
-  np.testing.assert_array_equal(inference.shift_images(images, 0, 0), images)
+  np.testing.assert_array_equal(images_lib.shift_images(images, 0, 0), images)
 
 
 @pytest.mark.parametrize("dx, dy", [(28, 0), (0, -28), (30, 0), (-40, 3)])
 def test_shift_images_beyond_the_image_is_all_black(dx, dy):
   """Content moved by the image size or more leaves a black image."""
   images = np.full((2, 28, 28, 1), 200, np.uint8)
-  moved = inference.shift_images(images, dx, dy)
+  moved = images_lib.shift_images(images, dx, dy)
   assert moved.shape == images.shape
   assert not moved.any()
 
@@ -181,7 +182,7 @@ def test_tta_is_the_mean_over_the_shifted_images(trained):
   assert sorted(map(tuple, inference.TTA_SHIFTS)) == sorted(
       [(0, 0), (1, 0), (-1, 0), (0, 1), (0, -1)])
   images = trained.images[:20, ..., None]
-  by_hand = np.mean([trained.predictor.predict(inference.shift_images(images, dx, dy))
+  by_hand = np.mean([trained.predictor.predict(images_lib.shift_images(images, dx, dy))
                      for dx, dy in inference.TTA_SHIFTS], axis=0)
   tta = trained.predictor.predict(images, batch_size=8, tta=True)
   np.testing.assert_allclose(tta, by_hand, atol=1e-6)

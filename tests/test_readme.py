@@ -52,8 +52,8 @@ def test_loading_snippet_runs_without_tfmnist(export_dir, tmp_path):
   (snippet,) = _blocks(_section("Loading the model elsewhere"), "python")
   assert README_EXPORT in snippet
   script = root / "snippet.py"
-  script.write_text(snippet.replace(README_EXPORT, str(export_dir)) +
-                    "\nimport sys\nprint(sorted(m for m in sys.modules if m.startswith('tfmnist')))\n")
+  modules = "\nimport sys\nprint(sorted(m for m in sys.modules if m.startswith('tfmnist')))\n"
+  script.write_text(snippet.replace(README_EXPORT, str(export_dir)) + modules)
   env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
   result = subprocess.run([tfx.PYTHON, str(script)], capture_output=True, text=True,
                           timeout=300, cwd=str(root), env=env)

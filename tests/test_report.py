@@ -12,6 +12,7 @@ import pytest
 import train_fixtures as tfx
 from test_inference import shared_cli_run
 from tfmnist import data, inference, prepare, records, report
+from tfmnist import images as images_lib
 from tfmnist.errors import DataError
 
 REPORT_FILES = sorted(["confusion.png", "curves.png", "metrics.json", "mistakes.png", "report.md",
@@ -123,9 +124,9 @@ def test_rotate_small_angle_keeps_the_ink():
 
 
 def test_shift_moves_content_with_black_fill():
-  """report.shift moves right/down for positive (dx, dy) and fills with black."""
+  """shift_images moves right/down for positive (dx, dy) and fills with black."""
   image = _asymmetric_image()
-  np.testing.assert_array_equal(report.shift(image, 3, -2),
+  np.testing.assert_array_equal(images_lib.shift_images(image, 3, -2),
                                 np.roll(image, (-2, 3), axis=(1, 2)))
 
 

@@ -171,7 +171,7 @@ def epoch_order(num_examples, seed, epoch):
 
 
 def train_dataset(examples, shard, seed, num_steps, start_step=0):
-  """Endless-free training stream of per-replica batches from `start_step` on.
+  """Endless training stream of per-replica batches from `start_step` on.
 
   Args:
     examples: Examples this pipeline reads (`read_examples(shard.files)`).

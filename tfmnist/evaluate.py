@@ -71,7 +71,8 @@ def main(argv):
       raise DataError(f"{model_dir}: no manifest.json naming the dataset; pass --dataset")
     predictor = inference.load(model_dir, _CHECKPOINT.value, _RECORDS_DIR.value)
     folder, result = report.write_report(report.ReportConfig(
-        model_dir=model_dir, output_dir=output_dir, records_dir=records_dir, dataset=dataset, split=_SPLIT.value,
+        model_dir=model_dir, output_dir=output_dir, records_dir=records_dir, dataset=dataset,
+        split=_SPLIT.value,
         top_mistakes=_TOP_MISTAKES.value, robustness=_ROBUSTNESS.value, seed=_SEED.value,
         batch_size=_BATCH.value, tta=_TTA.value), predictor)
   except (DataError, ValueError) as e:

@@ -220,3 +220,16 @@ def load_images(paths, denoise=True):
   for i, path in enumerate(paths):
     images[i] = load_image(path, denoise)
   return images, paths
+
+
+def shift_images(images, dx, dy):
+  """Moves the content of [N, H, W, C] images by (dx, dy) pixels, filling with 0."""
+  if dx == 0 and dy == 0:
+    return images
+  out = np.zeros_like(images)
+  h, w = images.shape[1], images.shape[2]
+  if abs(dx) >= w or abs(dy) >= h:
+    return out
+  out[:, max(dy, 0):h + min(dy, 0), max(dx, 0):w + min(dx, 0)] = (
+      images[:, max(-dy, 0):h + min(-dy, 0), max(-dx, 0):w + min(-dx, 0)])
+  return out

@@ -18,6 +18,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfmnist import export
+from tfmnist import images as images_lib
 from tfmnist.errors import DataError
 
 # Test-time augmentation: the image itself and one-pixel shifts (never flips:
@@ -60,7 +61,7 @@ class Predictor:
     offsets = TTA_SHIFTS if tta else TTA_SHIFTS[:1]
     total = np.zeros((len(images), self.num_classes), np.float64)
     for dx, dy in offsets:
-      moved = shift_images(images, dx, dy)
+      moved = images_lib.shift_images(images, dx, dy)
       for start in range(0, len(images), batch_size):
         batch = tf.constant(moved[start:start + batch_size])
         total[start:start + batch_size] += self._serve(images=batch)["probabilities"].numpy()
@@ -76,19 +77,6 @@ def _as_batch(images):
   if images.ndim != 4 or images.shape[1:] != (28, 28, 1):
     raise ValueError(f"images must be [N, 28, 28] or [N, 28, 28, 1], got {images.shape}")
   return images
-
-
-def shift_images(images, dx, dy):
-  """Moves the content of [N, H, W, C] images by (dx, dy) pixels, filling with 0."""
-  if dx == 0 and dy == 0:
-    return images
-  out = np.zeros_like(images)
-  h, w = images.shape[1], images.shape[2]
-  if abs(dx) >= w or abs(dy) >= h:
-    return out
-  out[:, max(dy, 0):h + min(dy, 0), max(dx, 0):w + min(dx, 0)] = (
-      images[:, max(-dy, 0):h + min(-dy, 0), max(-dx, 0):w + min(-dx, 0)])
-  return out
 
 
 def export_dir(model_dir):

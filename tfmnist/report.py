@@ -1,6 +1,7 @@
 """The evaluation report of a trained model on one split: `write_report(...)`.
 
-Everything lands in `<model_dir>/eval/<split>/`: metrics.json, the figures
+Everything lands in `<output_dir>/eval/<split>/` (output_dir is the run
+folder unless told otherwise): metrics.json, the figures
 (confusion matrix, most confident mistakes, training curves, reliability
 diagram, robustness) and report.md, which shows them all. The folder is
 written under a temporary name and renamed at the end, so an interrupted
@@ -16,6 +17,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfmnist import augment, data, figures, metrics, records, summaries
+from tfmnist import images as images_lib
 from tfmnist.errors import DataError
 
 NOISE_FACTORS = tuple(round(0.1 * i, 1) for i in range(11))
@@ -88,12 +90,6 @@ def rotate(images, degrees):
   return tf.cast(tf.round(tf.clip_by_value(turned, 0.0, 255.0)), tf.uint8).numpy()
 
 
-def shift(images, dx, dy):
-  """uint8 images moved by (dx, dy) pixels, filled with black."""
-  from tfmnist.inference import shift_images  # pylint: disable=g-import-not-at-top
-  return shift_images(images, dx, dy)
-
-
 def robustness(predict, images, labels, seed=0):
   """Accuracy under Gaussian noise, rotations and shifts.
 
@@ -121,7 +117,7 @@ def robustness(predict, images, labels, seed=0):
   results["shift"] = {"unit": "pixels (mean of left, right, up, down)",
                       "levels": list(SHIFT_PIXELS),
                       "accuracy": [clean if p == 0 else float(np.mean(
-                          [accuracy(shift(images, p * dx, p * dy))
+                          [accuracy(images_lib.shift_images(images, p * dx, p * dy))
                            for dx, dy in _SHIFT_DIRECTIONS])) for p in SHIFT_PIXELS]}
   return results
 
@@ -151,7 +147,7 @@ def _final_step(model_dir):
     return 0
 
 
-def _markdown(config, source, result, robust, figure_names, seconds, class_names):
+def _markdown(config, source, result, robust, figure_names, seconds):
   lines = [f"# Evaluation of {config.model_dir} on {config.dataset} / {config.split}", "",
            f"Model: `{source}`{' with test-time augmentation' if config.tta else ''}. "
            f"{result['count']} images, evaluated in {seconds:.1f} s.", "",
@@ -177,12 +173,11 @@ def _markdown(config, source, result, robust, figure_names, seconds, class_names
     for kind, sweep in robust.items():
       for level, acc in zip(sweep["levels"], sweep["accuracy"]):
         lines.append(f"| {kind} ({sweep['unit']}) | {level:g} | {acc:.4%} |")
-  del class_names
   return "\n".join(lines) + "\n"
 
 
 def write_report(config, predictor):
-  """Evaluates `predictor` on the split and writes <model_dir>/eval/<split>/.
+  """Evaluates `predictor` on the split and writes <output_dir>/eval/<split>/.
 
   Args:
     config: ReportConfig.
@@ -241,7 +236,7 @@ def write_report(config, predictor):
     with open(os.path.join(tmp, "metrics.json"), "w") as f:
       json.dump(output, f, indent=1)
     with open(os.path.join(tmp, "report.md"), "w") as f:
-      f.write(_markdown(config, source, result, robust, names, seconds, class_names))
+      f.write(_markdown(config, source, result, robust, names, seconds))
     with open(os.path.join(tmp, names["confusion"]), "rb") as f:
       _tensorboard(output_dir, config.split, result, f.read(),
                    _final_step(config.model_dir))

@@ -3,7 +3,8 @@
 Every model is a subclassed keras.Model whose `call(images, training, noise)`
 takes normalised float images [B, 28, 28, 1] and returns float32 logits
 [B, num_classes]; `noise` (layers.Noise) feeds its dropout while training.
-To add a model, write the class and decorate it with `@register("name")`.
+To add a model, write the class, decorate it with `@register("name")`, and
+import its module in `_load()` below.
 """
 
 _REGISTRY = {}
