@@ -212,6 +212,11 @@ def make_train_loop(config, run, per_replica_batch_size):
 
   def train_step(batch, step):
     """One update; runs in replica context."""
+    # Multi-worker input leaves the batch dimension unknown (it allows for a
+    # short last batch, which this pipeline never has); augmentation and the
+    # noise take this replica's rows of the global draws by the static size.
+    batch = tf.nest.map_structure(
+        lambda t: tf.ensure_shape(t, [per_replica_batch_size] + t.shape[1:].as_list()), batch)
     context = tf.distribute.get_replica_context()
     offset = context.replica_id_in_sync_group * per_replica_batch_size
     images, labels = augment_lib.training_inputs(batch, config.augment, config.seed, step,
@@ -337,7 +342,9 @@ def restore_latest(manager, checkpoint):
     try:
       checkpoint.restore(path).assert_existing_objects_matched()
       return path
-    except (tf.errors.OpError, AssertionError, ValueError) as e:
+    # A truncated data file surfaces as IndexError ("Read less bytes than
+    # requested") from the checkpoint reader, not as a tf.errors.OpError.
+    except (tf.errors.OpError, AssertionError, ValueError, IndexError) as e:
       reason = str(e).splitlines()[0]
       logging.warning("Checkpoint %s is damaged (%s); trying the previous one", path, reason)
       print(f"warning: checkpoint {path} is damaged; falling back to the previous one")
@@ -511,7 +518,7 @@ def export_checkpoint(config, checkpoint):
   setup = _set_up(config)
   try:
     setup.run.checkpoint.restore(path).assert_existing_objects_matched()
-  except (tf.errors.OpError, AssertionError, ValueError) as e:
+  except (tf.errors.OpError, AssertionError, ValueError, IndexError) as e:
     raise DataError(f"{path}: cannot restore this run's model from it "
                     f"({str(e).splitlines()[0]})") from None
   with EmaWeights(setup.run, config.optimizer.ema_decay > 0):
@@ -612,7 +619,9 @@ def train_and_evaluate(config):
         if step % steps_per_epoch:  # _end_epoch saved the epoch ends.
           save_checkpoint(manager, step)
         preempted = True
-        print(f"SIGTERM: saved checkpoint at step {step}; rerun the same command to resume.")
+        where = "" if preemption.requested else " on another worker"
+        print(f"SIGTERM{where}: saved checkpoint at step {step}; rerun the same command to "
+              "resume.")
         break
   writer.flush()
   if preempted:
