@@ -334,3 +334,15 @@ def test_write_report_to_another_output_dir(trained, tmp_path):
   assert "report.md" in os.listdir(folder)
   assert os.listdir(out / "logs" / "eval_test")
   assert sorted(os.listdir(trained.run_dir)) == before
+
+
+def test_sweep_subset_is_stratified_seeded_and_bounded():
+  """The sweep images keep each class's share, depend on the seed only, and cap at the split."""
+  labels = np.repeat(np.arange(4), [100, 200, 300, 400])
+  chosen = report.sweep_subset(labels, 100, seed=1)
+  assert len(chosen) == 100 and np.all(np.diff(chosen) > 0)
+  np.testing.assert_array_equal(np.bincount(labels[chosen]), [10, 20, 30, 40])
+  np.testing.assert_array_equal(chosen, report.sweep_subset(labels, 100, seed=1))
+  assert not np.array_equal(chosen, report.sweep_subset(labels, 100, seed=2))
+  np.testing.assert_array_equal(report.sweep_subset(labels, 0), np.arange(1000))
+  np.testing.assert_array_equal(report.sweep_subset(labels, 5000), np.arange(1000))

@@ -29,6 +29,9 @@ _CHECKPOINT = flags.DEFINE_string(
 _TOP_MISTAKES = flags.DEFINE_integer("top_mistakes", 24, "Mistakes shown in the grid (count).",
                                      lower_bound=0)
 _ROBUSTNESS = flags.DEFINE_bool("robustness", True, "Run the noise, rotation and shift sweeps.")
+_ROBUSTNESS_IMAGES = flags.DEFINE_integer(
+    "robustness_images", 2000, "Images the sweeps use (count; a class-stratified choice); "
+    "0: the whole split.", lower_bound=0)
 _TTA = flags.DEFINE_bool("tta", False, "Average over one-pixel shifts (test-time augmentation).")
 _BATCH = flags.DEFINE_integer("batch_size", 1000, "Images per model call.", lower_bound=1)
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of the noise sweep.")
@@ -73,7 +76,8 @@ def main(argv):
     folder, result = report.write_report(report.ReportConfig(
         model_dir=model_dir, output_dir=output_dir, records_dir=records_dir, dataset=dataset,
         split=_SPLIT.value,
-        top_mistakes=_TOP_MISTAKES.value, robustness=_ROBUSTNESS.value, seed=_SEED.value,
+        top_mistakes=_TOP_MISTAKES.value, robustness=_ROBUSTNESS.value,
+        robustness_images=_ROBUSTNESS_IMAGES.value, seed=_SEED.value,
         batch_size=_BATCH.value, tta=_TTA.value), predictor)
   except (DataError, ValueError) as e:
     sys.exit(f"evaluate: error: {e}")
