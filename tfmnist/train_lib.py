@@ -155,6 +155,7 @@ class Run:
   train_loss: keras.metrics.Metric
   train_accuracy: keras.metrics.Metric
   checkpoint: tf.train.Checkpoint
+  weight_average: Optional[optim.WeightAverage] = None
 
 
 def create_run(config, strategy, info, sample_images, total_steps, steps_per_epoch):
@@ -178,11 +179,15 @@ def create_run(config, strategy, info, sample_images, total_steps, steps_per_epo
     stale_epochs = tf.Variable(0, dtype=tf.int64, trainable=False, name="stale_epochs")
     train_loss = keras.metrics.Mean("loss")
     train_accuracy = keras.metrics.SparseCategoricalAccuracy("accuracy")
-    checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, plateau=plateau,
-                                     step=step, best_accuracy=best_accuracy,
-                                     stale_epochs=stale_epochs)
+    weight_average = None
+    saved = dict(model=model, optimizer=optimizer, plateau=plateau, step=step,
+                 best_accuracy=best_accuracy, stale_epochs=stale_epochs)
+    if config.optimizer.ema_decay > 0:
+      weight_average = optim.WeightAverage(model.variables, config.optimizer.ema_decay)
+      saved["weight_average"] = weight_average
+    checkpoint = tf.train.Checkpoint(**saved)
   return Run(strategy, model, optimizer, plateau, step, best_accuracy, stale_epochs,
-             train_loss, train_accuracy, checkpoint)
+             train_loss, train_accuracy, checkpoint, weight_average)
 
 
 def current_lr(run):
@@ -239,6 +244,8 @@ def make_train_loop(config, run, per_replica_batch_size):
     if config.clip_norm:
       grads = clip(grads)
     optimizer.apply_gradients(zip(grads, model.trainable_variables))
+    if run.weight_average is not None:
+      run.weight_average.update(model.variables)
     run.train_loss.update_state(per_example)
     run.train_accuracy.update_state(labels, logits)
     return loss
@@ -303,22 +310,29 @@ def evaluate(run, eval_fn, dataset):
 
 
 class EmaWeights:
-  """Context that swaps the EMA of the weights in (evaluation, export) and back."""
+  """Context that swaps the weight average in (evaluation, export) and back.
+
+  Every model variable is swapped, BatchNorm statistics included (see
+  optim.WeightAverage). A no-op when `enabled` is false or the run keeps no
+  average.
+  """
 
   def __init__(self, run, enabled):
-    self.run, self.enabled = run, enabled
+    self.run = run
+    self.enabled = enabled and run.weight_average is not None
     self.saved = None
 
   def __enter__(self):
     if self.enabled:
-      variables = self.run.model.trainable_variables
+      variables = self.run.model.variables
       self.saved = [tf.identity(v) for v in variables]
-      self.run.optimizer.finalize_variable_values(variables)
+      for variable, average in zip(variables, self.run.weight_average.averages):
+        variable.assign(average)
     return self
 
   def __exit__(self, *exc):
     if self.saved is not None:
-      for variable, value in zip(self.run.model.trainable_variables, self.saved):
+      for variable, value in zip(self.run.model.variables, self.saved):
         variable.assign(value)
       self.saved = None
 
