@@ -111,12 +111,7 @@ def runs(request, records_dir, tmp_path_factory):
   """Starts the background runs of the selected tests of this module."""
   jobs = tfx.Jobs(max_parallel=2)
   runs_ = Runs(records_dir, tmp_path_factory.mktemp("multi_worker"), jobs)
-  selected = {item.originalname for item in request.session.items
-              if item.module is request.module}
-  needed = {job for test in selected for job in NEEDS.get(test, ())}
-  for name in JOB_ORDER:
-    if name in needed:
-      jobs.submit(name, getattr(runs_, name))
+  tfx.submit_needed(request, runs_, JOB_ORDER, NEEDS)
   yield runs_
   jobs.close()
 

@@ -222,6 +222,27 @@ class Jobs:
     self._pool.shutdown(wait=True, cancel_futures=True)
 
 
+def submit_needed(request, runs, job_order, needs, implied=None):
+  """Starts, in `job_order`, the background runs the module's selected tests need.
+
+  Args:
+    request: the module fixture's pytest request.
+    runs: an object with `jobs` (a Jobs) and one method per job name.
+    job_order: job names in submission order (a job may wait for earlier ones).
+    needs: {test name: job names it reads}.
+    implied: {job name: job names it waits for}.
+  """
+  selected = {item.originalname for item in request.session.items
+              if item.module is request.module}
+  needed = {job for test in selected for job in needs.get(test, ())}
+  for job, waits_for in (implied or {}).items():
+    if job in needed:
+      needed.update(waits_for)
+  for name in job_order:
+    if name in needed:
+      runs.jobs.submit(name, getattr(runs, name))
+
+
 # ----------------------------------------------------------------------------
 # Checkpoints
 # ----------------------------------------------------------------------------
