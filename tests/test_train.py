@@ -662,3 +662,27 @@ def test_weight_average_update_formula():
   variable.assign([5.0, 6.0])
   average.update([variable])
   np.testing.assert_allclose(average.averages[0].numpy(), [2.0, 3.0])
+
+
+@pytest.mark.parametrize("precision", ["float32", "mixed_float16"])
+def test_clipping_bounds_the_update_to_lr_times_clip_norm(tmp_path, records_dir, precision):
+  """One SGD step (lr 1) with a tiny clip norm moves the weights by exactly the clip
+  norm; under loss scaling the clip applies to the true, unscaled gradient."""
+  import keras  # pylint: disable=g-import-not-at-top
+  fields = dict(optimizer=optim.OptimizerConfig(name="sgd"), learning_rate=1.0,
+                clip_norm=0.01, epochs=0.5 / STEPS_PER_EPOCH, precision=precision)
+  config = tfx.train_config(tmp_path / "init", records_dir, **fields)
+  try:
+    keras.utils.set_random_seed(config.seed)
+    keras.mixed_precision.set_global_policy(precision)
+    setup = train_lib._set_up(config)  # pylint: disable=protected-access
+    before = [v.numpy() for v in setup.run.model.trainable_variables]
+  finally:
+    keras.mixed_precision.set_global_policy("float32")
+  final = tfx.train_in_process(tmp_path / "run", records_dir, **fields)
+  assert final["step"] == 1
+  run, _ = tfx.restore_run(tmp_path / "run", records_dir, **fields)
+  after = [v.numpy() for v in run.model.trainable_variables]
+  keras.mixed_precision.set_global_policy("float32")
+  moved = np.sqrt(sum(np.sum((a - b) ** 2) for a, b in zip(after, before)))
+  assert moved == pytest.approx(0.01, rel=1e-3)

@@ -212,6 +212,11 @@ def make_train_loop(config, run, per_replica_batch_size):
     context = tf.distribute.get_replica_context()
     total = context.all_reduce(tf.distribute.ReduceOp.SUM, grads)
     norm = tf.linalg.global_norm(total)
+    if loss_scaling:
+      # The gradients are loss-scaled until the optimizer divides them: clip
+      # on the true norm. An overflow (inf norm) gives NaN gradients, which
+      # the LossScaleOptimizer skips while it lowers the scale.
+      norm = norm / tf.cast(optimizer.dynamic_scale, norm.dtype)
     factor = tf.minimum(1.0, config.clip_norm / tf.maximum(norm, 1e-12))
     return [g * factor for g in grads]
 
