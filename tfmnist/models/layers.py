@@ -57,11 +57,19 @@ class Dropout(keras.layers.Layer):
     return {**super().get_config(), "rate": self.rate, "salt": self.salt}
 
 
-def batch_norm(**kwargs):
+def batch_norm(momentum=0.9, **kwargs):
   """BatchNormalization synchronised across replicas.
 
   Batch statistics over the global batch make N replicas compute what one
   replica computes on the same global batch; on one replica it is the usual
   layer.
+
+  The moving statistics keep 0.9 of their value per step (Keras's default is
+  0.99). They start at mean 0 and variance 1 while a first layer's
+  activations may have a variance near 0.004: after 318 steps 0.99^318 = 4%
+  of the initial 1 was still ten times the true variance, and the model
+  scored 64% on validation while it was 98% right on the same images with
+  batch statistics. The momentum never changes training, only what
+  evaluation and export use.
   """
-  return keras.layers.BatchNormalization(synchronized=True, **kwargs)
+  return keras.layers.BatchNormalization(synchronized=True, momentum=momentum, **kwargs)
