@@ -106,14 +106,7 @@ def records_dir(tmp_path_factory):
   return tfx.shared_records(tmp_path_factory)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def runs(request, records_dir, tmp_path_factory):
-  """Starts the background runs of the selected tests of this module."""
-  jobs = tfx.Jobs(max_parallel=2)
-  runs_ = Runs(records_dir, tmp_path_factory.mktemp("multi_worker"), jobs)
-  tfx.submit_needed(request, runs_, JOB_ORDER, NEEDS)
-  yield runs_
-  jobs.close()
+runs = tfx.runs_fixture(Runs, "multi_worker", JOB_ORDER, NEEDS)
 
 
 # ----------------------------------------------------------------------------

@@ -222,6 +222,28 @@ class Jobs:
     self._pool.shutdown(wait=True, cancel_futures=True)
 
 
+def runs_fixture(runs_class, folder, job_order, needs, implied=None):
+  """A module-scoped autouse fixture: the module's Runs, its needed jobs started.
+
+  Args:
+    runs_class: called as runs_class(records_dir, root folder, Jobs).
+    folder: name of the temporary root folder.
+    job_order, needs, implied: as in submit_needed.
+  """
+  import pytest  # pylint: disable=g-import-not-at-top
+
+  @pytest.fixture(scope="module", autouse=True)
+  def runs(request, tmp_path_factory):
+    """Starts the background runs of the selected tests of this module."""
+    jobs = Jobs(max_parallel=2)
+    runs_ = runs_class(shared_records(tmp_path_factory), tmp_path_factory.mktemp(folder), jobs)
+    submit_needed(request, runs_, job_order, needs, implied)
+    yield runs_
+    jobs.close()
+
+  return runs
+
+
 def submit_needed(request, runs, job_order, needs, implied=None):
   """Starts, in `job_order`, the background runs the module's selected tests need.
 
