@@ -138,17 +138,8 @@ def launch_and_signal(command, log_base, signum, worker, after_step, model_dir, 
 # ----------------------------------------------------------------------------
 
 
-class Runs:
+class Runs(tfx.BackgroundRuns):
   """The subprocess runs the tests read; each method is one background job."""
-
-  def __init__(self, records_dir, root, jobs):
-    self.records_dir, self.root, self.jobs = records_dir, root, jobs
-
-  def result(self, name):
-    return self.jobs.submit(name, getattr(self, name)).result()
-
-  def model_dir(self, name):
-    return str(self.root / name)
 
   def args(self, name, *extra):
     return tfx.train_args(self.model_dir(name), self.records_dir, *CLUSTER_FLAGS, *extra)

@@ -64,17 +64,8 @@ launch_local = _load_launcher()
 # ----------------------------------------------------------------------------
 
 
-class Runs:
+class Runs(tfx.BackgroundRuns):
   """The training runs the tests read; each method is one background job."""
-
-  def __init__(self, records_dir, root, jobs):
-    self.records_dir, self.root, self.jobs = records_dir, root, jobs
-
-  def result(self, name):
-    return self.jobs.submit(name, getattr(self, name)).result()
-
-  def model_dir(self, name):
-    return str(self.root / name)
 
   def two_workers(self):
     args = tfx.train_args(self.model_dir("two_workers"), self.records_dir, *COMPARE_FLAGS,

@@ -39,18 +39,8 @@ SECONDS_PER_LOOP = 1.0  # Slows the signalled runs so the signal lands mid-run.
 # ----------------------------------------------------------------------------
 
 
-class Runs:
+class Runs(tfx.BackgroundRuns):
   """The subprocess runs the tests compare; each method is one background job."""
-
-  def __init__(self, records_dir, root, jobs):
-    self.records_dir, self.root, self.jobs = records_dir, root, jobs
-
-  def result(self, name):
-    """Waits for the job `name`, starting it if no test selection prefetched it."""
-    return self.jobs.submit(name, getattr(self, name)).result()
-
-  def model_dir(self, name):
-    return str(self.root / name)
 
   def args(self, name, *extra, model="mlp"):
     return tfx.train_args(self.model_dir(name), self.records_dir, *extra, model=model)

@@ -222,6 +222,20 @@ class Jobs:
     self._pool.shutdown(wait=True, cancel_futures=True)
 
 
+class BackgroundRuns:
+  """Base of a test module's runs: each method named in its job list is one job."""
+
+  def __init__(self, records_dir, root, jobs):
+    self.records_dir, self.root, self.jobs = records_dir, root, jobs
+
+  def result(self, name):
+    """Waits for the job `name`, starting it if no test selection prefetched it."""
+    return self.jobs.submit(name, getattr(self, name)).result()
+
+  def model_dir(self, name):
+    return str(self.root / name)
+
+
 def runs_fixture(runs_class, folder, job_order, needs, implied=None):
   """A module-scoped autouse fixture: the module's Runs, its needed jobs started.
 
