@@ -35,6 +35,20 @@ def _as_2d(image):
   return image.astype(np.float32)
 
 
+def _write_png(figure, path, dpi):
+  """Saves `figure` as a PNG at `path`, creating its folder; returns path."""
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  # No bbox_inches="tight": the PNG is exactly figsize * dpi pixels.
+  figure.savefig(path, dpi=dpi, facecolor="white")
+  return path
+
+
+def _new_figure(width, height, dpi):
+  figure = Figure(figsize=(width, height), dpi=dpi)
+  FigureCanvasAgg(figure)
+  return figure
+
+
 def augment_grid(originals, augmented, labels, class_names, path, title="",
                  cell_inches=1.0, dpi=100):
   """Writes a PNG grid: one row per image, its original then augmented versions.
@@ -59,8 +73,7 @@ def augment_grid(originals, augmented, labels, class_names, path, title="",
   if len(labels) != rows or any(len(a) != rows for a in augmented):
     raise ValueError(f"augment_grid needs {rows} labels and {rows} images per column, got "
                      f"{len(labels)} labels and columns of {[len(a) for a in augmented]}")
-  figure = Figure(figsize=(cols * cell_inches, rows * cell_inches), dpi=dpi)
-  FigureCanvasAgg(figure)
+  figure = _new_figure(cols * cell_inches, rows * cell_inches, dpi)
   # Fixed margins in inches above the grid: the column titles, then the title.
   height = rows * cell_inches
   top = 1.0 - min(0.5, (0.45 if title else 0.2) / height)
@@ -83,10 +96,7 @@ def augment_grid(originals, augmented, labels, class_names, path, title="",
           spine.set_linewidth(1.5)
       elif r == 0:
         ax.set_title(f"draw {c}", fontsize=6, pad=2)
-  folder = os.path.dirname(os.path.abspath(path))
-  os.makedirs(folder, exist_ok=True)
-  figure.savefig(path, dpi=dpi, facecolor="white")
-  return path
+  return _write_png(figure, path, dpi)
 
 
 def _changed_fields(config):
@@ -140,20 +150,6 @@ def augment_preview(records_dir, dataset, split, config, path, rows=8, cols=8, s
 # ----------------------------------------------------------------------------
 # Evaluation figures
 # ----------------------------------------------------------------------------
-
-
-def _write_png(figure, path, dpi):
-  """Saves `figure` as a PNG at `path`, creating its folder; returns path."""
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  # No bbox_inches="tight": the PNG is exactly figsize * dpi pixels.
-  figure.savefig(path, dpi=dpi, facecolor="white")
-  return path
-
-
-def _new_figure(width, height, dpi):
-  figure = Figure(figsize=(width, height), dpi=dpi)
-  FigureCanvasAgg(figure)
-  return figure
 
 
 def _say(ax, text):
