@@ -16,7 +16,7 @@ import time
 import numpy as np
 import tensorflow as tf
 
-from tfmnist import augment, data, figures, metrics, records, summaries
+from tfmnist import augment, data, figures, metrics, prepare, records, summaries
 from tfmnist import images as images_lib
 from tfmnist.errors import DataError
 
@@ -98,13 +98,8 @@ def sweep_subset(labels, count, seed=0):
   """Sorted row indices of `count` images, the same share of every class."""
   if count <= 0 or count >= len(labels):
     return np.arange(len(labels))
-  rng = np.random.default_rng(seed)
-  chosen = []
-  for label in np.unique(labels):
-    rows = np.flatnonzero(labels == label)
-    take = int(round(count * len(rows) / len(labels)))
-    chosen.append(rng.choice(rows, min(take, len(rows)), replace=False))
-  return np.sort(np.concatenate(chosen))
+  # The same draw that carves the validation split from train.
+  return prepare.stratified_split(labels, count, seed)[1]
 
 
 def robustness(predict, images, labels, seed=0):
