@@ -360,7 +360,7 @@ def test_ema_weights_are_exported(tmp_path, records_dir):
     return tf.nn.softmax(run.model(x, training=False)).numpy()
 
   raw = probabilities()
-  with train_lib.EmaWeights(run, True):
+  with train_lib.EmaWeights(run):
     averaged = probabilities()
   np.testing.assert_allclose(served, averaged, atol=1e-5)
   assert np.abs(served - raw).max() > 1e-3  # The EMA is not the raw weights.
@@ -623,7 +623,7 @@ def test_weight_average_covers_batch_norm_statistics(tmp_path, records_dir):
   assert moving and run.weight_average is not None
   raw = [v.numpy() for v in run.model.variables]
   averages = [a.numpy() for a in run.weight_average.averages]
-  with train_lib.EmaWeights(run, True):
+  with train_lib.EmaWeights(run):
     swapped = [v.numpy() for v in run.model.variables]
   for value, average in zip(swapped, averages):
     np.testing.assert_array_equal(value, average)

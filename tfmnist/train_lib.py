@@ -318,17 +318,16 @@ class EmaWeights:
   """Context that swaps the weight average in (evaluation, export) and back.
 
   Every model variable is swapped, BatchNorm statistics included (see
-  optim.WeightAverage). A no-op when `enabled` is false or the run keeps no
-  average.
+  optim.WeightAverage). A no-op for a run that keeps no average
+  (--ema_decay=0).
   """
 
-  def __init__(self, run, enabled):
+  def __init__(self, run):
     self.run = run
-    self.enabled = enabled and run.weight_average is not None
     self.saved = None
 
   def __enter__(self):
-    if self.enabled:
+    if self.run.weight_average is not None:
       variables = self.run.model.variables
       self.saved = [tf.identity(v) for v in variables]
       for variable, average in zip(variables, self.run.weight_average.averages):
@@ -540,7 +539,7 @@ def export_checkpoint(config, checkpoint):
   except (tf.errors.OpError, AssertionError, ValueError, IndexError) as e:
     raise DataError(f"{path}: cannot restore this run's model from it "
                     f"({str(e).splitlines()[0]})") from None
-  with EmaWeights(setup.run, config.optimizer.ema_decay > 0):
+  with EmaWeights(setup.run):
     export.export(setup.run.model, setup.info["class_names"], export_dir_of(config))
   return path
 
@@ -588,7 +587,6 @@ def train_and_evaluate(config):
   if start_step == 0:
     writer.run_start(config, info, val_examples)
 
-  ema = config.optimizer.ema_decay > 0
   val_metrics, preempted = {}, False
   # A run that early stopping ended stays ended when its command is rerun.
   stopped_early = bool(config.early_stopping_patience and
@@ -633,7 +631,7 @@ def train_and_evaluate(config):
       # starts after it and would never evaluate it.
       if step % steps_per_epoch == 0 or step == total_steps:
         val_metrics, stopped_early = _end_epoch(config, run, eval_fn, val_dataset, val_examples,
-                                                info, writer, manager, best_manager, step, ema)
+                                                info, writer, manager, best_manager, step)
       if preemption.stop and step < total_steps and not stopped_early:
         if step % steps_per_epoch:  # _end_epoch saved the epoch ends.
           save_checkpoint(manager, step)
@@ -647,13 +645,13 @@ def train_and_evaluate(config):
     summaries.cleanup_worker_dir(work_dir, config.model_dir)
     return {"preempted": True, "step": step}
   if not val_metrics:  # Nothing was left to train (a rerun of a finished run).
-    with EmaWeights(run, ema):
+    with EmaWeights(run):
       val_metrics, _ = evaluate(run, eval_fn, val_dataset)
   final = {"step": step, "epochs": step / steps_per_epoch, "stopped_early": stopped_early,
            **{f"val_{k}": v for k, v in val_metrics.items()}}
   if is_chief:
     if config.export:
-      with EmaWeights(run, ema):
+      with EmaWeights(run):
         export.export(run.model, info["class_names"], export_dir_of(config))
     with open(os.path.join(config.model_dir, "metrics.json"), "w") as f:
       json.dump(final, f, indent=1)
@@ -663,9 +661,9 @@ def train_and_evaluate(config):
 
 
 def _end_epoch(config, run, eval_fn, val_dataset, val_examples, info, writer, manager,
-               best_manager, step, ema):
+               best_manager, step):
   """Validation, plateau, best checkpoint, early stopping and the epoch checkpoint."""
-  with EmaWeights(run, ema):
+  with EmaWeights(run):
     metrics, wrong = evaluate(run, eval_fn, val_dataset)
   reduced = run.plateau.update({"val_accuracy": metrics["accuracy"],
                                 "val_loss": metrics["loss"]}, current_lr(run))
