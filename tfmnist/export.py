@@ -19,6 +19,11 @@ from tfmnist import data, records
 CLASS_NAMES_FILE = "class_names.txt"
 
 
+def run_export_dir(model_dir):
+  """Where a run folder keeps its export."""
+  return os.path.join(model_dir, "export")
+
+
 def _probabilities(member, images):
   """float32 probabilities of uint8 [N, 28, 28, 1] images from one member.
 

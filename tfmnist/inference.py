@@ -79,10 +79,6 @@ def _as_batch(images):
   return images
 
 
-def export_dir(model_dir):
-  return os.path.join(model_dir, "export")
-
-
 def _export_checkpoint(model_dir, checkpoint, destination, records_dir=""):
   """Runs the training command's --export_checkpoint for one run."""
   flagfile = os.path.join(model_dir, "flags.txt")
@@ -124,8 +120,8 @@ def load(model_dir, checkpoint="", records_dir=""):
                        "the run folder")
     return Predictor(model_dir)
   if not checkpoint:
-    if os.path.exists(os.path.join(export_dir(model_dir), "saved_model.pb")):
-      return Predictor(export_dir(model_dir))
+    if os.path.exists(os.path.join(export.run_export_dir(model_dir), "saved_model.pb")):
+      return Predictor(export.run_export_dir(model_dir))
     if tf.train.latest_checkpoint(os.path.join(model_dir, "checkpoints")) is None:
       raise DataError(f"{model_dir}: no export/ and no checkpoints/; train it first with "
                       f"`python -m tfmnist.train --model_dir={model_dir} ...`")

@@ -346,6 +346,12 @@ class EmaWeights:
 # ----------------------------------------------------------------------------
 
 
+# What a damaged or mismatched checkpoint raises on restore. A truncated data
+# file surfaces as IndexError ("Read less bytes than requested") from the
+# checkpoint reader, not as a tf.errors.OpError.
+_RESTORE_ERRORS = (tf.errors.OpError, AssertionError, ValueError, IndexError)
+
+
 def restore_latest(manager, checkpoint):
   """Restores the newest readable checkpoint, falling back past damaged ones.
 
@@ -360,9 +366,7 @@ def restore_latest(manager, checkpoint):
     try:
       checkpoint.restore(path).assert_existing_objects_matched()
       return path
-    # A truncated data file surfaces as IndexError ("Read less bytes than
-    # requested") from the checkpoint reader, not as a tf.errors.OpError.
-    except (tf.errors.OpError, AssertionError, ValueError, IndexError) as e:
+    except _RESTORE_ERRORS as e:
       reason = str(e).splitlines()[0]
       logging.warning("Checkpoint %s is damaged (%s); trying the previous one", path, reason)
       print(f"warning: checkpoint {path} is damaged; falling back to the previous one")
@@ -507,7 +511,7 @@ def _set_up(config):
 
 
 def export_dir_of(config):
-  return config.export_dir or os.path.join(config.model_dir, "export")
+  return config.export_dir or export.run_export_dir(config.model_dir)
 
 
 def export_checkpoint(config, checkpoint):
@@ -536,7 +540,7 @@ def export_checkpoint(config, checkpoint):
   setup = _set_up(config)
   try:
     setup.run.checkpoint.restore(path).assert_existing_objects_matched()
-  except (tf.errors.OpError, AssertionError, ValueError, IndexError) as e:
+  except _RESTORE_ERRORS as e:
     raise DataError(f"{path}: cannot restore this run's model from it "
                     f"({str(e).splitlines()[0]})") from None
   with EmaWeights(setup.run):
