@@ -92,11 +92,6 @@ NEEDS = {
 }
 
 
-@pytest.fixture(scope="module")
-def records_dir(tmp_path_factory):
-  return tfx.shared_records(tmp_path_factory)
-
-
 runs = tfx.runs_fixture(Runs, "multi_worker", JOB_ORDER, NEEDS)
 
 
