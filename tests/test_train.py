@@ -312,6 +312,14 @@ def test_missing_records_are_prepared_from_idx_source_dir(tmp_path, capsys):
   assert final["val_count"] == info["splits"]["validation"]["count"]
 
 
+def test_metrics_json_times_the_run_up_to_its_final_weights(tmp_path, records_dir):
+  start = time.perf_counter()
+  final = tfx.train_in_process(tmp_path / "run", records_dir, export=True)
+  elapsed = time.perf_counter() - start
+  assert 0 < final["train_seconds"] < elapsed  # The export comes after the clock stops.
+  assert _metrics(str(tmp_path / "run"))["train_seconds"] == final["train_seconds"]
+
+
 def test_schedule_and_plateau_state_are_in_the_checkpoint(tmp_path, records_dir):
   # A learning rate too small to change any prediction: accuracy stalls, so
   # the plateau cuts after every evaluation but the first (patience 1).
@@ -663,3 +671,37 @@ def test_clipping_bounds_the_update_to_lr_times_clip_norm(tmp_path, records_dir,
   keras.mixed_precision.set_global_policy("float32")
   moved = np.sqrt(sum(np.sum((a - b) ** 2) for a, b in zip(after, before)))
   assert moved == pytest.approx(0.01, rel=1e-3)
+
+
+def test_shipped_flagfiles_parse_and_build_their_models():
+  """Every flagfile at the repository root gives a config whose model builds."""
+  code = ("import json, sys\n"
+          "import numpy as np\n"
+          "from absl import flags\n"
+          "from tfmnist import datasets, models, train\n"
+          "out = {}\n"
+          "for path in sys.argv[1:]:\n"
+          "  flags.FLAGS.unparse_flags()\n"
+          "  flags.FLAGS(['train', f'--flagfile={path}'])\n"
+          "  config = train.config_from_flags()\n"
+          "  model = models.create(config.model, datasets.get_spec(config.dataset).num_classes)\n"
+          "  model(np.zeros((1, 28, 28, 1), np.float32))\n"
+          "  out[path] = {'model_dir': config.model_dir, 'dataset': config.dataset,\n"
+          "               'model': config.model, 'params': model.count_params()}\n"
+          "print(json.dumps(out))\n")
+  paths = sorted(str(p) for p in tfx.REPO_ROOT.glob("*.flags"))
+  assert {os.path.basename(p) for p in paths} >= {
+      "lenet.flags", "kaggle.flags", "lenet5.flags", "fashion.flags", "kannada.flags",
+      "best.flags", "fast.flags", "fast995.flags"}
+  result = tfx.check(tfx.run([tfx.PYTHON, "-c", code, *paths]))
+  configs = json.loads(result.stdout.strip().splitlines()[-1])
+  for path, config in configs.items():
+    name = os.path.basename(path)[:-len(".flags")]
+    assert config["model_dir"] == f"runs/{name}", path
+    with open(path) as f:
+      assert f.readline().startswith("# "), f"{path} does not say what it reproduces"
+  by_name = {os.path.basename(p): c for p, c in configs.items()}
+  assert by_name["lenet.flags"]["params"] == 1_199_882
+  assert by_name["kaggle.flags"]["params"] == 887_530
+  assert by_name["fashion.flags"]["dataset"] == "fashion_mnist"
+  assert by_name["kannada.flags"]["dataset"] == "kannada_mnist"

@@ -64,8 +64,11 @@ class Progress:
     extra = "".join(f" {k}={v:.4g}" if isinstance(v, float) else f" {k}={v}"
                     for k, v in values.items())
     prefix = f"{self.desc}: " if self.desc else ""
-    line = (f"{prefix}[{bar}] {self.done}/{self.total} {timing} "
-            f"{rate:,.0f} {self.unit}/s{extra}")
+    if rate >= 1:
+      speed = f"{rate:,.0f} {self.unit}/s"
+    else:  # Slow work (runs of minutes) reads better as seconds per unit.
+      speed = f"{1 / max(rate, 1e-9):,.0f} s/{self.unit.rstrip('s')}"
+    line = f"{prefix}[{bar}] {self.done}/{self.total} {timing} {speed}{extra}"
     self.stream.write(("\r" + line + "\x1b[K") if self.tty else line)
     self.stream.write(end)
     self.stream.flush()

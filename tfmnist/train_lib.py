@@ -554,8 +554,11 @@ def train_and_evaluate(config):
   Rerunning with the same model_dir resumes from the newest checkpoint.
 
   Returns:
-    dict of final metrics (also written to <model_dir>/metrics.json).
+    dict of final metrics (also written to <model_dir>/metrics.json), with
+    `train_seconds`: wall time of this call up to the final weights (set-up,
+    tracing, steps, validation and checkpoints; not the export).
   """
+  started = time.perf_counter()
   setup = _set_up(config)
   strategy, info, run = setup.strategy, setup.info, setup.run
   train_files, shard_counts = setup.train_files, setup.shard_counts
@@ -652,6 +655,7 @@ def train_and_evaluate(config):
     with EmaWeights(run):
       val_metrics, _ = evaluate(run, eval_fn, val_dataset)
   final = {"step": step, "epochs": step / steps_per_epoch, "stopped_early": stopped_early,
+           "train_seconds": time.perf_counter() - started,
            **{f"val_{k}": v for k, v in val_metrics.items()}}
   if is_chief:
     if config.export:

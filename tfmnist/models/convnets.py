@@ -1,4 +1,5 @@
-"""Classic networks: an MLP, LeNet-5, the seed LeNet, the Kaggle CNN and a deep BN net."""
+"""Sequential networks: an MLP, LeNet-5, the seed LeNet, the Kaggle CNN, a deep
+BatchNorm net, and the small BatchNorm nets strided_bn and fast_cnn."""
 
 import keras
 
@@ -162,3 +163,26 @@ class StridedBN(Sequence):
     layers += [L.Conv2D(128, 4, use_bias=False), batch_norm(), L.ReLU(), L.Flatten(),
                Dropout(dropout, salt=2), _logits(num_classes)]
     super().__init__(layers, name="strided_bn")
+
+
+@register("fast_cnn")
+class FastCNN(Sequence):
+  """A small BatchNorm network built for images per second: 98,986 parameters.
+
+  Conv 32 5x5 stride 2 (28 -> 14), Conv 64 3x3 (14 -> 12), MaxPool (-> 6),
+  Conv 128 3x3 (6 -> 4), MaxPool (-> 2), Dense classes; BatchNorm and ReLU
+  after every convolution. The strided first layer keeps the activations at
+  full resolution out of the network: on a CPU their element-wise work (BN,
+  ReLU, pooling) costs more than the convolutions' arithmetic.
+  """
+
+  def __init__(self, num_classes):
+    layers = []
+    for filters, kernel, stride, padding in ((32, 5, 2, "same"), (64, 3, 1, "valid"),
+                                             (128, 3, 1, "valid")):
+      layers += [L.Conv2D(filters, kernel, stride, padding=padding, use_bias=False),
+                 batch_norm(), L.ReLU()]
+      if filters > 32:
+        layers.append(L.MaxPooling2D(2))
+    layers += [L.Flatten(), _logits(num_classes)]
+    super().__init__(layers, name="fast_cnn")

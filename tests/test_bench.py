@@ -1,0 +1,70 @@
+"""Tests of the benchmark's measurement helpers (tfmnist.bench)."""
+
+import sys
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tfmnist import bench, models
+
+
+def test_summarize_gives_median_range_and_relative_spread():
+  summary = bench.summarize([10, 12, 8, 11, 9])
+  assert summary["median"] == 10 and summary["min"] == 8 and summary["max"] == 12
+  assert summary["spread"] == pytest.approx(0.4)
+  assert summary["runs"] == [10.0, 12.0, 8.0, 11.0, 9.0]
+  with pytest.raises(ValueError, match="no measurements"):
+    bench.summarize([])
+
+
+def _built(*layers):
+  model = keras.Sequential([keras.Input((28, 28, 1)), *layers])
+  model(np.zeros((1, 28, 28, 1), np.float32))
+  return model
+
+
+def test_forward_flops_counts_two_per_multiply_add_and_one_per_bias():
+  dense = _built(keras.layers.Flatten(), keras.layers.Dense(10))
+  assert bench.forward_flops(dense) == 2 * 784 * 10 + 10
+  conv = _built(keras.layers.Conv2D(4, 3, use_bias=False))
+  assert bench.forward_flops(conv) == 2 * 26 * 26 * 4 * 9
+
+
+def test_seed_lenet_flops_match_its_layers():
+  model = models.create("lenet", 10)
+  model(np.zeros((1, 28, 28, 1), np.float32))
+  multiply_adds = (26 * 26 * 32 * 9 + 24 * 24 * 64 * 32 * 9  # The two convolutions.
+                   + 9216 * 128 + 128 * 10)                  # The two dense layers.
+  forward = bench.forward_flops(model)
+  # Biases and activations add under 1% to the multiply-adds.
+  assert 2 * multiply_adds <= forward <= 2.01 * multiply_adds
+  assert bench.training_flops(model) == 3 * forward
+
+
+@pytest.mark.parametrize("dtype", [tf.float32, tf.bfloat16])
+def test_matmul_rate_is_a_positive_finite_rate(dtype):
+  rate = bench.matmul_flops_per_second(dtype, size=128, chain=2, repeats=2)
+  assert np.isfinite(rate) and rate > 1e6  # Any CPU multiplies faster than 1 MFLOP/s.
+
+
+def test_run_measurement_returns_seconds_and_the_last_json_line():
+  seconds, result = bench.run_measurement(
+      [sys.executable, "-c", "print('warming up'); print('{\"a\": 1}'); print('{\"a\": 2}')"])
+  assert result == {"a": 2} and seconds > 0
+
+
+@pytest.mark.parametrize("code,message", [
+    ("import sys; sys.exit('disk on fire')", r"failed \(exit 1\): disk on fire"),
+    ("print('no json here')", r"failed \(exit 0\): no JSON output"),
+])
+def test_run_measurement_names_the_command_and_its_last_error(code, message):
+  with pytest.raises(bench.BenchmarkError, match=message) as raised:
+    bench.run_measurement([sys.executable, "-c", code])
+  assert "\n" not in str(raised.value) and sys.executable in str(raised.value)
+
+
+def test_machine_names_the_cpu_and_versions():
+  facts = bench.machine()
+  assert facts["cores"] >= 1 and facts["cpu"] and facts["tensorflow"] == tf.__version__

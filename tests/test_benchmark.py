@@ -1,0 +1,143 @@
+"""Tests of tools/benchmark.py on the tiny synthetic records."""
+
+import json
+import os
+import sys
+
+import pytest
+
+import train_fixtures as tfx
+
+sys.path.insert(0, str(tfx.REPO_ROOT / "tools"))
+import benchmark  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+TOOL = str(tfx.REPO_ROOT / "tools" / "benchmark.py")
+
+
+def _benchmark(*args):
+  return tfx.run([tfx.PYTHON, TOOL, *map(str, args)], timeout=600)
+
+
+@pytest.fixture(scope="module")
+def measured(tmp_path_factory):
+  """One small benchmark of every section, on 700 IDX images and a 50-row CSV for `records`."""
+  root = tmp_path_factory.mktemp("benchmark")
+  records_dir = tfx.shared_records(tmp_path_factory)
+  flagfile = root / "tiny.flags"
+  flagfile.write_text("# A 1-epoch mlp.\n--dataset=mnist\n--model=mlp\n--epochs=1\n"
+                      "--global_batch_size=32\n--eval_batch_size=60\n")
+  output_dir = root / "out"
+  result = _benchmark(
+      f"--records_dir={records_dir}", f"--output_dir={output_dir}", "--sections=fit",
+      "--sections=utilisation", "--sections=pipeline", "--sections=records",
+      "--sections=accuracy", f"--idx_dir={tfx.write_idx_dir(root / 'idx')}", "--csv_rows=50",
+      "--fit_models=mlp", "--precisions=float32", "--repeats=2", "--steps=2",
+      "--warmup_steps=2", "--matmul_size=256",
+      f"--recipes={flagfile}@5", "--seeds=2")
+  tfx.check(result)
+  with open(output_dir / "results.json") as f:
+    results = json.load(f)
+  return results, (output_dir / "results.md").read_text(), result.stdout
+
+
+def test_fit_pairs_the_loop_with_keras_fit(measured):
+  results, markdown, _ = measured
+  (row,) = results["fit"]
+  assert row["model"] == "mlp" and row["precision"] == "float32"
+  assert len(row["custom"]["runs"]) == len(row["fit"]["runs"]) == 2
+  ratios = [c / f for c, f in zip(row["custom"]["runs"], row["fit"]["runs"])]
+  assert row["ratio"]["runs"] == pytest.approx(ratios)
+  assert "| mlp | float32 | 128 |" in markdown
+
+
+def test_utilisation_is_model_flops_over_the_matmul_rate(measured):
+  results, markdown, _ = measured
+  assert [r["precision"] for r in results["utilisation"]] == ["float32", "mixed_bfloat16"]
+  for row in results["utilisation"]:
+    assert row["model"] == "lenet" and row["global_batch_size"] == 256
+    assert row["training_flops_per_image"] > 3 * 2 * 12e6  # LeNet: about 12M multiply-adds.
+    for images, matmul, share in zip(row["images_per_second"]["runs"],
+                                     row["matmul_flops_per_second"]["runs"],
+                                     row["utilisation"]["runs"]):
+      assert share == pytest.approx(images * row["training_flops_per_image"] / matmul)
+  assert "### Hardware utilisation" in markdown
+
+
+def test_pipeline_reports_read_batch_and_augment_rates(measured):
+  results, _, _ = measured
+  for name in ("read", "batch", "augment"):
+    assert len(results["pipeline"][name]["runs"]) == 2
+    assert results["pipeline"][name]["median"] > 0
+
+
+def test_records_times_the_command_and_the_call(measured):
+  results, markdown, _ = measured
+  assert results["records"]["idx"]["images"] == tfx.NUM_TRAIN + tfx.NUM_TEST
+  assert results["records"]["csv"]["images"] == 50
+  for case in results["records"].values():
+    command, call = case["command_seconds"], case["make_records_seconds"]
+    assert len(command["runs"]) == len(call["runs"]) == 2
+    assert command["median"] > call["median"] > 0  # The command adds start-up.
+  assert "### make_records, seconds" in markdown
+
+
+def test_accuracy_trains_each_seed_and_scores_it_once_on_test(measured):
+  results, markdown, stdout = measured
+  bf16, float32 = results["accuracy"]
+  assert bf16["extra_flags"] == [] and float32["extra_flags"] == ["--precision=float32"]
+  for row in (bf16, float32):
+    assert [r["seed"] for r in row["runs"]] == [0, 1]
+    assert row["target"] == pytest.approx(0.05)
+    for r in row["runs"]:
+      assert 0 < r["train_seconds"] < r["command_seconds"]
+      assert r["test_accuracy"] == pytest.approx(1 - r["test_errors"] / tfx.NUM_TEST)
+      assert r["epochs"] == 1
+    assert row["reached"] == sum(r["test_accuracy"] >= 0.05 for r in row["runs"])
+  assert "### Time to accuracy" in markdown and "tiny.flags --precision=float32" in markdown
+  assert markdown in stdout  # The same tables are printed.
+
+
+def test_results_name_the_machine_and_the_command(measured):
+  results, markdown, _ = measured
+  assert results["machine"]["cores"] >= 1
+  assert results["command"].startswith("python tools/benchmark.py --records_dir=")
+  assert results["machine"]["cpu"] in markdown
+
+
+def test_markdown_writes_each_figure_as_median_and_range():
+  summary = lambda *v: {"median": sorted(v)[len(v) // 2], "min": min(v), "max": max(v)}
+  results = {"command": "python tools/benchmark.py", "repeats": 3, "steps": 10, "seeds": 3,
+             "machine": {"cpu": "Test CPU", "cores": 2, "gpus": [], "tensorflow": "2.x",
+                         "python": "3.x"},
+             "records": {"idx": {"images": 70000, "source": "IDX",
+                                 "command_seconds": summary(9.0, 10.0, 12.5),
+                                 "make_records_seconds": summary(4.0, 4.5, 5.0)}}}
+  text = benchmark.markdown(results)
+  assert "Test CPU (2 cores, no GPU)" in text
+  assert "| idx (IDX) | 70,000 | 10.0 (9.0-12.5) | 4.5 (4.0-5.0) |" in text
+  assert "### Training throughput" not in text  # Only the sections that ran.
+
+
+@pytest.mark.parametrize("text,message", [
+    ("missing.flags@99", "no flagfile missing.flags"),
+    ("{flagfile}@fast", "is not flagfile@target_percent"),
+])
+def test_bad_recipes_are_named(tmp_path, text, message):
+  flagfile = tmp_path / "x.flags"
+  flagfile.write_text("--epochs=1\n")
+  with pytest.raises(benchmark.app.UsageError, match=message):
+    benchmark.parse_recipe(text.format(flagfile=flagfile))
+
+
+def test_missing_records_stop_before_measuring_and_write_nothing(tmp_path):
+  output_dir = tmp_path / "out"
+  result = _benchmark(f"--records_dir={tmp_path / 'none'}", f"--output_dir={output_dir}",
+                      "--sections=pipeline")
+  assert result.returncode != 0
+  errors = tfx.clean_stderr(result.stderr).strip().splitlines()
+  assert len(errors) == 1 and "none" in errors[0], describe(result)
+  assert not output_dir.exists()
+
+
+def describe(result):
+  return tfx.describe(result)

@@ -1,0 +1,129 @@
+"""Measurement helpers for tools/benchmark.py.
+
+Every measurement runs in a process of its own that prints one line of JSON,
+so runs of different kinds can be interleaved and none inherits another's
+warm caches, threads or traced graphs. This module holds what the benchmark
+needs besides those processes: spreads, FLOP counts and the matmul rate.
+"""
+
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+
+import tensorflow as tf
+
+
+class BenchmarkError(RuntimeError):
+  """A measurement process failed; the message is one line naming it."""
+
+
+def summarize(values):
+  """Median, min, max and relative spread of repeated measurements.
+
+  The spread is (max - min) / median: 0.05 means the runs lay within 5% of
+  the median's size. A figure is only reported with its spread.
+  """
+  values = [float(v) for v in values]
+  if not values:
+    raise ValueError("no measurements to summarize")
+  median = statistics.median(values)
+  return {"median": median, "min": min(values), "max": max(values),
+          "spread": (max(values) - min(values)) / median if median else 0.0,
+          "runs": values}
+
+
+def forward_flops(model, image_shape=(28, 28, 1)):
+  """Floating-point operations of one image's forward pass (inference mode).
+
+  Counted by TensorFlow's graph profiler from the registered statistics of
+  each op in the traced graph (Conv2D and MatMul: 2 per multiply-add; bias
+  adds and other element-wise ops: 1 per element). The model must be built.
+  """
+  traced = tf.function(lambda x: model(x, training=False)).get_concrete_function(
+      tf.TensorSpec((1, *image_shape), tf.float32))
+  builder = tf.compat.v1.profiler.ProfileOptionBuilder
+  options = builder(builder.float_operation()).with_empty_output().build()
+  logger = tf.get_logger()
+  level = logger.level
+  logger.setLevel("ERROR")  # The v1 profiler warns that it is v1 on every call.
+  try:
+    profile = tf.compat.v1.profiler.profile(graph=traced.graph, cmd="op", options=options)
+  finally:
+    logger.setLevel(level)
+  return int(profile.total_float_ops)
+
+
+def training_flops(model, image_shape=(28, 28, 1)):
+  """FLOPs of one image's training step: the forward pass and a backward pass
+  that costs two forwards (gradients for the inputs and for the weights)."""
+  return 3 * forward_flops(model, image_shape)
+
+
+def matmul_flops_per_second(dtype=tf.float32, size=2048, chain=16, repeats=5):
+  """The best rate of square `size` matrix multiplies, in FLOP/s.
+
+  `chain` products run inside one traced loop, each feeding the next, so no
+  call overhead or dead-code elimination hides in the figure. The first call
+  traces and is not timed. Each product is 2 * size**3 operations.
+  """
+  scale = 1.0 / size ** 0.5  # Keeps the chained products' values bounded.
+  a = tf.cast(tf.random.stateless_normal((size, size), (0, 1)) * scale, dtype)
+  b = tf.cast(tf.random.stateless_normal((size, size), (0, 2)) * scale, dtype)
+
+  @tf.function
+  def products(x, y):
+    """Cross-replica (no strategy): `chain` dependent matmuls."""
+    for _ in tf.range(chain):
+      x = tf.matmul(x, y)
+    return tf.reduce_sum(tf.cast(x[:1, :1], tf.float32))
+
+  products(a, b).numpy()
+  best = 0.0
+  for _ in range(repeats):
+    start = time.perf_counter()
+    products(a, b).numpy()
+    best = max(best, chain * 2 * size ** 3 / (time.perf_counter() - start))
+  return best
+
+
+def run_measurement(command, env=None, prints_json=True):
+  """Runs one measurement process; returns (wall seconds, its last JSON line).
+
+  A command that reports through a file (`prints_json=False`) returns None
+  for the line.
+
+  Raises:
+    BenchmarkError: the process failed or printed no JSON; the message carries the
+      command and the last line of its error output.
+  """
+  start = time.perf_counter()
+  result = subprocess.run(command, capture_output=True, text=True, check=False,
+                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **(env or {})})
+  seconds = time.perf_counter() - start
+  lines = [line for line in result.stdout.splitlines() if line.startswith("{")]
+  if result.returncode or (prints_json and not lines):
+    errors = [line for line in result.stderr.splitlines() if line.strip()]
+    if not result.returncode:
+      errors = ["no JSON output"]
+    raise BenchmarkError(f"{' '.join(command)} failed (exit {result.returncode}): "
+                         f"{errors[-1] if errors else 'no error output'}")
+  return seconds, json.loads(lines[-1]) if prints_json else None
+
+
+def machine():
+  """What the figures were measured on."""
+  cpu = platform.processor() or platform.machine()
+  try:
+    with open("/proc/cpuinfo") as f:
+      names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
+    cpu = names[0] if names else cpu
+  except OSError:
+    pass
+  gpus = [d.name for d in tf.config.list_physical_devices("GPU")]
+  return {"cpu": cpu, "cores": os.cpu_count(), "gpus": gpus,
+          "tensorflow": tf.__version__, "python": sys.version.split()[0],
+          "platform": platform.platform()}

@@ -1,0 +1,379 @@
+#!/usr/bin/env python3
+r"""tfmnist's figures, measured on this machine, as Markdown and JSON.
+
+Sections (--sections; all by default):
+  fit          images/s of tfmnist's loop against Keras `model.fit` on the
+               identical model (the seed LeNet and the Kaggle CNN), in float32
+               and mixed bfloat16, run alternately in interleaved pairs.
+  utilisation  the seed LeNet's training FLOP/s at batch 256 over the float32
+               (and bfloat16) matrix-multiply rate measured in the same run.
+  pipeline     images/s read and parsed from records, and batched with and
+               without the affine augmentation.
+  records      seconds of make_records for 70,000 IDX images and a 42,000-row CSV.
+  accuracy     time to accuracy: each recipe (flagfile@target%) trained once
+               per seed, its final model scored once on the official test set;
+               the first recipe also in float32, for bfloat16's accuracy cost.
+
+Every measurement is a separate process, so the pairs share nothing but the
+machine. Each figure is the median of --repeats runs (--seeds for accuracy)
+with min, max and spread. results.json is rewritten after each section, so a
+stopped benchmark keeps what it measured.
+
+Example (about an hour on a 2-core CPU):
+  python tools/benchmark.py --records_dir=records --output_dir=benchmarks
+"""
+
+import json
+import os
+import sys
+import tempfile
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from absl import app, flags, logging  # pylint: disable=g-import-not-at-top
+
+from tfmnist import bench, records  # pylint: disable=g-import-not-at-top
+from tfmnist.errors import DataError  # pylint: disable=g-import-not-at-top
+from tfmnist.progress import Progress  # pylint: disable=g-import-not-at-top
+
+SECTIONS = ("fit", "utilisation", "pipeline", "records", "accuracy")
+
+_RECORDS_DIR = flags.DEFINE_string("records_dir", "records", "Folder of prepared records.")
+_DATASET = flags.DEFINE_string("dataset", "mnist", "Dataset of the throughput sections.")
+_OUTPUT_DIR = flags.DEFINE_string("output_dir", "benchmarks",
+                                  "Where results.md and results.json go.")
+_SECTIONS = flags.DEFINE_multi_enum("sections", list(SECTIONS), SECTIONS, "What to measure.")
+_REPEATS = flags.DEFINE_integer("repeats", 5, "Runs per throughput figure.", lower_bound=1)
+_STEPS = flags.DEFINE_integer("steps", 100, "Timed train steps per throughput run.",
+                              lower_bound=1)
+_WARMUP = flags.DEFINE_integer("warmup_steps", 20,
+                               "Untimed train steps first (tracing) per throughput run.")
+_MATMUL_SIZE = flags.DEFINE_integer("matmul_size", 2048, "Side of the matmul rate's matrices.")
+_FIT_MODELS = flags.DEFINE_list("fit_models", ["lenet", "kaggle_cnn"],
+                                "Models of the loop-vs-fit section.")
+_PRECISIONS = flags.DEFINE_list("precisions", ["float32", "mixed_bfloat16"],
+                                "Precisions of the loop-vs-fit section.")
+_RECIPES = flags.DEFINE_list(
+    "recipes", ["fast.flags@99.0", "fast995.flags@99.5"],
+    "Time-to-accuracy recipes as flagfile@target_percent.")
+_SEEDS = flags.DEFINE_integer("seeds", 5, "Training runs per recipe (seeds 0..N-1).",
+                              lower_bound=1)
+_FLOAT32_TWIN = flags.DEFINE_bool("float32_twin", True,
+                                  "Also train the first recipe in float32 with each seed.")
+_IDX_DIR = flags.DEFINE_string(
+    "idx_dir", "/usr/share/datasets/fashion-mnist",
+    "70,000 IDX images for the records section; synthetic ones when absent.")
+_CSV_ROWS = flags.DEFINE_integer("csv_rows", 42_000, "Rows of the records section's CSV.")
+_RUNS_DIR = flags.DEFINE_string("runs_dir", "", "Keep the accuracy section's run folders "
+                                 "here (<flagfile>-<precision>-seed<N>); empty: a temporary "
+                                 "folder, deleted at the end.")
+_MEASURE = flags.DEFINE_enum("measure", None, ("matmul", "test_accuracy"),
+                             "Internal: make one measurement in this process, print JSON.")
+_PRECISION = flags.DEFINE_string("precision", "float32", "Internal: matmul dtype.")
+_MODEL_DIR = flags.DEFINE_string("model_dir", "", "Internal: run folder to score on test.")
+
+_TOOLS = os.path.dirname(os.path.abspath(__file__))
+_UTILISATION_MODEL, _UTILISATION_BATCH = "lenet", 256
+
+
+def _python(*args):
+  return [sys.executable, *args]
+
+
+def _progress(total, desc):
+  return Progress(total, "runs", desc=desc)
+
+
+# ----------------------------------------------------------------------------
+# One measurement per process
+# ----------------------------------------------------------------------------
+
+
+def measure_matmul(precision, size):
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  dtype = tf.bfloat16 if "bfloat16" in precision else tf.float32
+  return {"precision": precision, "size": size,
+          "flops_per_second": bench.matmul_flops_per_second(dtype, size)}
+
+
+def measure_test_accuracy(model_dir, records_dir):
+  """The exported model of `model_dir` on the official test split, once."""
+  from tfmnist import inference, report  # pylint: disable=g-import-not-at-top
+  with open(os.path.join(model_dir, "manifest.json")) as f:
+    dataset = json.load(f)["dataset"]
+  _, images, labels = report.read_split(records_dir, dataset, "test")
+  predicted = inference.load(model_dir).predict(images).argmax(axis=1)
+  errors = int((predicted != labels).sum())
+  return {"dataset": dataset, "images": len(labels), "errors": errors,
+          "accuracy": 1.0 - errors / len(labels)}
+
+
+# ----------------------------------------------------------------------------
+# Sections
+# ----------------------------------------------------------------------------
+
+
+def _fit_command(mode, model, precision, batch):
+  return _python(os.path.join(_TOOLS, "benchmark_fit.py"), f"--mode={mode}", f"--model={model}",
+                 f"--precision={precision}", f"--global_batch_size={batch}",
+                 f"--steps={_STEPS.value}", f"--warmup_steps={_WARMUP.value}",
+                 f"--records_dir={_RECORDS_DIR.value}",
+                 f"--dataset={_DATASET.value}")
+
+
+def _images_per_second(command):
+  return bench.run_measurement(command)[1]["images_per_second"]
+
+
+def section_fit():
+  """Loop vs fit in pairs; the order inside a pair alternates between repeats."""
+  cases = [(m, p) for m in _FIT_MODELS.value for p in _PRECISIONS.value]
+  bar = _progress(len(cases) * _REPEATS.value * 2, "fit")
+  rows = []
+  for model, precision in cases:
+    runs = {"custom": [], "fit": []}
+    for repeat in range(_REPEATS.value):
+      for mode in ("custom", "fit") if repeat % 2 == 0 else ("fit", "custom"):
+        runs[mode].append(_images_per_second(_fit_command(mode, model, precision, 128)))
+        bar.update(1, **{mode: int(runs[mode][-1])})
+    ratios = [c / f for c, f in zip(runs["custom"], runs["fit"])]
+    rows.append({"model": model, "precision": precision, "global_batch_size": 128,
+                 "custom": bench.summarize(runs["custom"]), "fit": bench.summarize(runs["fit"]),
+                 "ratio": bench.summarize(ratios)})
+  return rows
+
+
+def section_utilisation():
+  """Training FLOP/s of the loop over the matmul rate, both measured each repeat."""
+  from tfmnist import models  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  model = models.create(_UTILISATION_MODEL, 10)
+  model(np.zeros((1, 28, 28, 1), np.float32))
+  flops_per_image = bench.training_flops(model)
+  precisions = ("float32", "mixed_bfloat16")
+  bar = _progress(_REPEATS.value * 2 * len(precisions), "utilisation")
+  rows = []
+  for precision in precisions:
+    matmul, images, utilisation = [], [], []
+    for _ in range(_REPEATS.value):
+      _, result = bench.run_measurement(_python(__file__, "--measure=matmul",
+                                                f"--precision={precision}",
+                                                f"--matmul_size={_MATMUL_SIZE.value}"))
+      matmul.append(result["flops_per_second"])
+      images.append(_images_per_second(
+          _fit_command("custom", _UTILISATION_MODEL, precision, _UTILISATION_BATCH)))
+      utilisation.append(images[-1] * flops_per_image / matmul[-1])
+      bar.update(2, util=f"{utilisation[-1]:.0%}")
+    rows.append({"model": _UTILISATION_MODEL, "precision": precision,
+                 "global_batch_size": _UTILISATION_BATCH,
+                 "training_flops_per_image": flops_per_image,
+                 "matmul_flops_per_second": bench.summarize(matmul),
+                 "images_per_second": bench.summarize(images),
+                 "model_flops_per_second": bench.summarize(
+                     [i * flops_per_image for i in images]),
+                 "utilisation": bench.summarize(utilisation)})
+  return rows
+
+
+def section_pipeline():
+  bar = _progress(_REPEATS.value * 2, "pipeline")
+  runs = {"read": [], "batch": [], "augment": []}
+  for _ in range(_REPEATS.value):
+    for mode in ("read", "augment"):
+      _, result = bench.run_measurement(_python(
+          os.path.join(_TOOLS, "benchmark_pipeline.py"), f"--mode={mode}", "--repeats=1",
+          f"--records_dir={_RECORDS_DIR.value}", f"--dataset={_DATASET.value}"))
+      if mode == "read":
+        runs["read"].append(result["read_images_per_second"])
+      runs["batch" if mode == "read" else "augment"].append(result["epoch_images_per_second"])
+      bar.update(1)
+  return {name: bench.summarize(values) for name, values in runs.items()}
+
+
+def section_records():
+  with tempfile.TemporaryDirectory(prefix="tfmnist-bench-") as tmp:
+    path = os.path.join(tmp, "records.json")
+    bench.run_measurement(_python(os.path.join(_TOOLS, "benchmark_records.py"),
+                                  f"--repeats={_REPEATS.value}", f"--json={path}",
+                                  f"--idx_dir={_IDX_DIR.value}", f"--csv_rows={_CSV_ROWS.value}"),
+                           prints_json=False)
+    with open(path) as f:
+      cases = json.load(f)["cases"]
+  return {name: {"images": case["images"], "source": case["source"],
+                 "command_seconds": bench.summarize(case["command_seconds"]["runs"]),
+                 "make_records_seconds": bench.summarize(case["make_records_seconds"]["runs"])}
+          for name, case in cases.items()}
+
+
+def parse_recipe(text):
+  """'fast.flags@99.0' -> ('fast.flags', 0.99)."""
+  flagfile, _, target = text.partition("@")
+  if not os.path.exists(flagfile):
+    raise app.UsageError(f"--recipes: no flagfile {flagfile}")
+  try:
+    return flagfile, float(target) / 100 if target else None
+  except ValueError:
+    raise app.UsageError(f"--recipes: {text!r} is not flagfile@target_percent") from None
+
+
+def train_and_score(flagfile, seed, extra, runs_dir):
+  """One training run and its single test evaluation."""
+  name = os.path.splitext(os.path.basename(flagfile))[0]
+  model_dir = os.path.join(runs_dir, f"{name}{'-float32' if extra else ''}-seed{seed}")
+  if os.path.exists(model_dir):
+    raise bench.BenchmarkError(f"{model_dir} exists; a benchmark run starts from scratch")
+  command_seconds, _ = bench.run_measurement(_python(
+      "-m", "tfmnist.train", f"--flagfile={flagfile}", f"--records_dir={_RECORDS_DIR.value}",
+      f"--model_dir={model_dir}", f"--seed={seed}", "--noprogress", *extra), prints_json=False)
+  with open(os.path.join(model_dir, "metrics.json")) as f:
+    metrics = json.load(f)
+  _, scored = bench.run_measurement(_python(__file__, "--measure=test_accuracy",
+                                            f"--model_dir={model_dir}",
+                                            f"--records_dir={_RECORDS_DIR.value}"))
+  return {"seed": seed, "command_seconds": command_seconds,
+          "train_seconds": metrics["train_seconds"], "epochs": metrics["epochs"],
+          "val_accuracy": metrics["val_accuracy"], "test_accuracy": scored["accuracy"],
+          "test_errors": scored["errors"]}
+
+
+def section_accuracy():
+  recipes = [(*parse_recipe(text), ()) for text in _RECIPES.value]
+  if _FLOAT32_TWIN.value and recipes:
+    recipes.insert(1, (recipes[0][0], recipes[0][1], ("--precision=float32",)))
+  bar = _progress(len(recipes) * _SEEDS.value, "accuracy")
+  runs = {index: [] for index in range(len(recipes))}
+  with tempfile.TemporaryDirectory(prefix="tfmnist-bench-") as tmp:
+    for seed in range(_SEEDS.value):  # Seed-major: recipes interleave.
+      for index, (flagfile, _, extra) in enumerate(recipes):
+        runs[index].append(train_and_score(flagfile, seed, extra, _RUNS_DIR.value or tmp))
+        bar.update(1, acc=f"{runs[index][-1]['test_accuracy']:.2%}")
+  rows = []
+  for index, (flagfile, target, extra) in enumerate(recipes):
+    done = runs[index]
+    rows.append({"flagfile": flagfile, "extra_flags": list(extra), "target": target,
+                 "runs": done,
+                 "reached": sum(target is None or r["test_accuracy"] >= target for r in done),
+                 **{key: bench.summarize([r[key] for r in done])
+                    for key in ("test_accuracy", "train_seconds", "command_seconds",
+                                "val_accuracy")}})
+  return rows
+
+
+# ----------------------------------------------------------------------------
+# Report
+# ----------------------------------------------------------------------------
+
+
+def _spread(summary, fmt="{:,.0f}"):
+  return (f"{fmt.format(summary['median'])} ({fmt.format(summary['min'])}-"
+          f"{fmt.format(summary['max'])})")
+
+
+def markdown(results):
+  """The results as Markdown tables: median (min-max) of every figure."""
+  m = results["machine"]
+  lines = [f"Measured with `{results['command']}` on {m['cpu']} ({m['cores']} cores"
+           f"{', GPUs: ' + ', '.join(m['gpus']) if m['gpus'] else ', no GPU'}), "
+           f"TensorFlow {m['tensorflow']}, Python {m['python']}. Each cell is the median "
+           "(min-max) of the runs.", ""]
+  if "fit" in results:
+    lines += [f"### Training throughput, images/s ({results['repeats']} interleaved pairs, "
+              f"{results['steps']} steps each)", "",
+              "| model | precision | batch | tfmnist loop | Keras fit | loop / fit |",
+              "| --- | --- | ---: | ---: | ---: | ---: |"]
+    lines += [f"| {r['model']} | {r['precision']} | {r['global_batch_size']} | "
+              f"{_spread(r['custom'])} | {_spread(r['fit'])} | "
+              f"{_spread(r['ratio'], '{:.2f}')} |" for r in results["fit"]]
+    lines.append("")
+  if "utilisation" in results:
+    lines += ["### Hardware utilisation (seed LeNet, tfmnist loop)", "",
+              "| precision | batch | training GFLOP/image | images/s | model GFLOP/s "
+              "| matmul GFLOP/s | utilisation |", "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for r in results["utilisation"]:
+      giga = {k: {**r[k], **{s: r[k][s] / 1e9 for s in ("median", "min", "max")}}
+              for k in ("model_flops_per_second", "matmul_flops_per_second")}
+      lines.append(f"| {r['precision']} | {r['global_batch_size']} | "
+                   f"{r['training_flops_per_image'] / 1e9:.4f} | {_spread(r['images_per_second'])} "
+                   f"| {_spread(giga['model_flops_per_second'])} | "
+                   f"{_spread(giga['matmul_flops_per_second'])} | "
+                   f"{_spread(r['utilisation'], '{:.0%}')} |")
+    lines.append("")
+  if "pipeline" in results:
+    p = results["pipeline"]
+    lines += ["### Input pipeline, images/s", "", "| read + parse | batch | batch + augment |",
+              "| ---: | ---: | ---: |",
+              f"| {_spread(p['read'])} | {_spread(p['batch'])} | {_spread(p['augment'])} |", ""]
+  if "records" in results:
+    lines += ["### make_records, seconds", "",
+              "| case | images | whole command | make_records call |", "| --- | ---: | ---: | ---: |"]
+    lines += [f"| {name} ({c['source']}) | {c['images']:,} | "
+              f"{_spread(c['command_seconds'], '{:.1f}')} | "
+              f"{_spread(c['make_records_seconds'], '{:.1f}')} |"
+              for name, c in results["records"].items()]
+    lines.append("")
+  if "accuracy" in results:
+    lines += [f"### Time to accuracy ({results['seeds']} seeds, official test set once per "
+              "final model)", "",
+              "| recipe | target | reached | test accuracy | training s | whole command s "
+              "| validation accuracy |", "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for r in results["accuracy"]:
+      name = " ".join([r["flagfile"], *r["extra_flags"]])
+      target = f"{r['target']:.1%}" if r["target"] is not None else "-"
+      lines.append(f"| {name} | {target} | {r['reached']}/{len(r['runs'])} | "
+                   f"{_spread(r['test_accuracy'], '{:.2%}')} | "
+                   f"{_spread(r['train_seconds'], '{:.1f}')} | "
+                   f"{_spread(r['command_seconds'], '{:.1f}')} | "
+                   f"{_spread(r['val_accuracy'], '{:.2%}')} |")
+    lines += ["", "Training seconds run from the start of `train_and_evaluate` (reading "
+              "records, building, tracing, every epoch's validation and checkpoints) to the "
+              "final weights; the whole command adds the interpreter, imports and the export."]
+  return "\n".join(lines) + "\n"
+
+
+def _write(path, text):
+  """Writes through a temporary file and a rename: never a half-written file."""
+  partial = path + ".partial"
+  with open(partial, "w") as f:
+    f.write(text)
+  os.replace(partial, path)
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  logging.set_verbosity(logging.WARNING)
+  if _MEASURE.value:
+    if _MEASURE.value == "matmul":
+      result = measure_matmul(_PRECISION.value, _MATMUL_SIZE.value)
+    else:
+      result = measure_test_accuracy(_MODEL_DIR.value, _RECORDS_DIR.value)
+    print(json.dumps(result))
+    return
+  try:
+    records.read_info(_RECORDS_DIR.value, _DATASET.value)  # Fails early, in one line.
+  except DataError as e:
+    sys.exit(f"benchmark.py: error: {e}")
+  for text in _RECIPES.value if "accuracy" in _SECTIONS.value else ():
+    parse_recipe(text)
+  os.makedirs(_OUTPUT_DIR.value, exist_ok=True)
+  results = {"command": " ".join(["python", "tools/benchmark.py", *sys.argv[1:]]),
+             "machine": bench.machine(), "repeats": _REPEATS.value, "steps": _STEPS.value,
+             "seeds": _SEEDS.value}
+  sections = {"fit": section_fit, "utilisation": section_utilisation,
+              "pipeline": section_pipeline, "records": section_records,
+              "accuracy": section_accuracy}
+  for name in SECTIONS:
+    if name not in _SECTIONS.value:
+      continue
+    try:
+      results[name] = sections[name]()
+    except bench.BenchmarkError as e:
+      sys.exit(f"benchmark.py: section {name}: {e}")
+    _write(os.path.join(_OUTPUT_DIR.value, "results.json"), json.dumps(results, indent=1))
+    _write(os.path.join(_OUTPUT_DIR.value, "results.md"), markdown(results))
+  print(markdown(results))
+  print(f"wrote {os.path.join(_OUTPUT_DIR.value, 'results.md')} and results.json")
+
+
+if __name__ == "__main__":
+  app.run(main)
