@@ -8,6 +8,7 @@ import pytest
 import tensorflow as tf
 
 from tfmnist import bench, models
+from tfmnist.models import convnets
 
 
 def test_summarize_gives_median_range_and_relative_spread():
@@ -47,6 +48,17 @@ def test_seed_lenet_flops_match_its_layers():
 def test_matmul_rate_is_a_positive_finite_rate(dtype):
   rate = bench.matmul_flops_per_second(dtype, size=128, chain=2, repeats=2)
   assert np.isfinite(rate) and rate > 1e6  # Any CPU multiplies faster than 1 MFLOP/s.
+
+
+def test_arithmetic_seconds_times_the_products_of_each_layer():
+  lenet5 = models.create("lenet5", 10)
+  lenet5(np.zeros((1, 28, 28, 1), np.float32))
+  seconds = bench.arithmetic_seconds(lenet5, batch_size=8)
+  assert np.isfinite(seconds) and 0 < seconds < 1
+  # A model without convolutions or dense layers has no products to time.
+  flat = convnets.Sequence([keras.layers.Flatten()])
+  flat(np.zeros((1, 28, 28, 1), np.float32))
+  assert bench.arithmetic_seconds(flat, batch_size=8) == 0.0
 
 
 def test_run_measurement_returns_seconds_and_the_last_json_line():

@@ -60,7 +60,11 @@ def test_utilisation_is_model_flops_over_the_matmul_rate(measured):
                                      row["matmul_flops_per_second"]["runs"],
                                      row["utilisation"]["runs"]):
       assert share == pytest.approx(images * row["training_flops_per_image"] / matmul)
-  assert "### Hardware utilisation" in markdown
+  float32, bfloat16 = results["utilisation"]
+  assert len(float32["products_alone_utilisation"]["runs"]) == 2
+  assert float32["products_alone_utilisation"]["median"] > 0
+  assert bfloat16["products_alone_utilisation"] is None  # Timed in float32 only.
+  assert "### Hardware utilisation" in markdown and "| products alone |" in markdown
 
 
 def test_pipeline_reports_read_batch_and_augment_rates(measured):

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 
+import keras
 import tensorflow as tf
 
 
@@ -61,6 +62,61 @@ def training_flops(model, image_shape=(28, 28, 1)):
   """FLOPs of one image's training step: the forward pass and a backward pass
   that costs two forwards (gradients for the inputs and for the weights)."""
   return 3 * forward_flops(model, image_shape)
+
+
+def _seconds_per_call(fn, calls=10, repeats=3):
+  """The best average seconds of `calls` calls of a traced `fn` (traced first)."""
+  fn().numpy()
+  best = float("inf")
+  for _ in range(repeats):
+    start = time.perf_counter()
+    for _ in range(calls):
+      result = fn()
+    result.numpy()
+    best = min(best, (time.perf_counter() - start) / calls)
+  return best
+
+
+def arithmetic_seconds(model, batch_size, image_shape=(28, 28, 1)):
+  """Seconds per float32 training step of a sequential model's products alone.
+
+  Every Conv2D and Dense layer's forward product, weight gradient and (after
+  the first layer) input gradient is timed on its own, at the layer's shapes
+  in this batch. The sum is the step time if nothing else cost anything (no
+  element-wise work, optimizer or loop), so batch_size / sum is a ceiling on
+  images/s that the kernels themselves set.
+
+  Args:
+    model: a built model with its layers in order in `model.stack`
+      (tfmnist.models.convnets.Sequence).
+    batch_size: images per step.
+    image_shape: one image's shape.
+  """
+  x = tf.random.stateless_uniform((batch_size, *image_shape), (0, 3))
+  total, first = 0.0, True
+  for layer in model.stack:
+    if isinstance(layer, (keras.layers.Conv2D, keras.layers.Dense)):
+      kernel = tf.convert_to_tensor(layer.kernel)
+      if isinstance(layer, keras.layers.Conv2D):
+        strides, padding = (1, *layer.strides, 1), layer.padding.upper()
+        y = tf.nn.conv2d(x, kernel, strides, padding)
+        ops = [lambda x=x, k=kernel, s=strides, p=padding: tf.nn.conv2d(x, k, s, p),
+               lambda x=x, k=kernel, y=y, s=strides, p=padding: tf.raw_ops.Conv2DBackpropFilter(
+                   input=x, filter_sizes=k.shape, out_backprop=y, strides=s, padding=p)]
+        if not first:
+          ops.append(lambda x=x, k=kernel, y=y, s=strides, p=padding:
+                     tf.raw_ops.Conv2DBackpropInput(input_sizes=x.shape, filter=k,
+                                                    out_backprop=y, strides=s, padding=p))
+      else:
+        y = tf.matmul(x, kernel)
+        ops = [lambda x=x, k=kernel: tf.matmul(x, k),
+               lambda x=x, y=y: tf.matmul(x, y, transpose_a=True)]
+        if not first:
+          ops.append(lambda y=y, k=kernel: tf.matmul(y, k, transpose_b=True))
+      total += sum(_seconds_per_call(tf.function(op)) for op in ops)
+      first = False
+    x = layer(x)  # Shapes for the next layer; dropout and BN in inference mode.
+  return total
 
 
 def matmul_flops_per_second(dtype=tf.float32, size=2048, chain=16, repeats=5):

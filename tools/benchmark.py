@@ -67,7 +67,7 @@ _CSV_ROWS = flags.DEFINE_integer("csv_rows", 42_000, "Rows of the records sectio
 _RUNS_DIR = flags.DEFINE_string("runs_dir", "", "Keep the accuracy section's run folders "
                                  "here (<flagfile>-<precision>-seed<N>); empty: a temporary "
                                  "folder, deleted at the end.")
-_MEASURE = flags.DEFINE_enum("measure", None, ("matmul", "test_accuracy"),
+_MEASURE = flags.DEFINE_enum("measure", None, ("matmul", "arithmetic", "test_accuracy"),
                              "Internal: make one measurement in this process, print JSON.")
 _PRECISION = flags.DEFINE_string("precision", "float32", "Internal: matmul dtype.")
 _MODEL_DIR = flags.DEFINE_string("model_dir", "", "Internal: run folder to score on test.")
@@ -94,6 +94,17 @@ def measure_matmul(precision, size):
   dtype = tf.bfloat16 if "bfloat16" in precision else tf.float32
   return {"precision": precision, "size": size,
           "flops_per_second": bench.matmul_flops_per_second(dtype, size)}
+
+
+def measure_arithmetic(model_name, batch_size):
+  """The float32 products of `model_name` timed alone: a ceiling on images/s."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from tfmnist import models  # pylint: disable=g-import-not-at-top
+  model = models.create(model_name, 10)
+  model(np.zeros((1, 28, 28, 1), np.float32))
+  seconds = bench.arithmetic_seconds(model, batch_size)
+  return {"model": model_name, "global_batch_size": batch_size, "seconds": seconds,
+          "images_per_second": batch_size / seconds}
 
 
 def measure_test_accuracy(model_dir, records_dir):
@@ -154,7 +165,7 @@ def section_utilisation():
   bar = _progress(_REPEATS.value * 2 * len(precisions), "utilisation")
   rows = []
   for precision in precisions:
-    matmul, images, utilisation = [], [], []
+    matmul, images, utilisation, ceiling = [], [], [], []
     for _ in range(_REPEATS.value):
       _, result = bench.run_measurement(_python(__file__, "--measure=matmul",
                                                 f"--precision={precision}",
@@ -163,6 +174,9 @@ def section_utilisation():
       images.append(_images_per_second(
           _fit_command("custom", _UTILISATION_MODEL, precision, _UTILISATION_BATCH)))
       utilisation.append(images[-1] * flops_per_image / matmul[-1])
+      if precision == "float32":  # The products alone: what the kernels allow.
+        _, result = bench.run_measurement(_python(__file__, "--measure=arithmetic"))
+        ceiling.append(result["images_per_second"] * flops_per_image / matmul[-1])
       bar.update(2, util=f"{utilisation[-1]:.0%}")
     rows.append({"model": _UTILISATION_MODEL, "precision": precision,
                  "global_batch_size": _UTILISATION_BATCH,
@@ -171,7 +185,8 @@ def section_utilisation():
                  "images_per_second": bench.summarize(images),
                  "model_flops_per_second": bench.summarize(
                      [i * flops_per_image for i in images]),
-                 "utilisation": bench.summarize(utilisation)})
+                 "utilisation": bench.summarize(utilisation),
+                 "products_alone_utilisation": bench.summarize(ceiling) if ceiling else None})
   return rows
 
 
@@ -288,16 +303,23 @@ def markdown(results):
   if "utilisation" in results:
     lines += ["### Hardware utilisation (seed LeNet, tfmnist loop)", "",
               "| precision | batch | training GFLOP/image | images/s | model GFLOP/s "
-              "| matmul GFLOP/s | utilisation |", "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+              "| matmul GFLOP/s | utilisation | products alone |",
+              "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for r in results["utilisation"]:
+      alone = r["products_alone_utilisation"]
       giga = {k: {**r[k], **{s: r[k][s] / 1e9 for s in ("median", "min", "max")}}
               for k in ("model_flops_per_second", "matmul_flops_per_second")}
       lines.append(f"| {r['precision']} | {r['global_batch_size']} | "
                    f"{r['training_flops_per_image'] / 1e9:.4f} | {_spread(r['images_per_second'])} "
                    f"| {_spread(giga['model_flops_per_second'])} | "
                    f"{_spread(giga['matmul_flops_per_second'])} | "
-                   f"{_spread(r['utilisation'], '{:.0%}')} |")
-    lines.append("")
+                   f"{_spread(r['utilisation'], '{:.0%}')} | "
+                   f"{_spread(alone, '{:.0%}') if alone else '-'} |")
+    lines += ["", "Utilisation is the model's training FLOP/s (3x the forward FLOPs that "
+              "TensorFlow's profiler counts) over the matmul rate of the same precision. "
+              "Products alone: the same for the convolutions' and matmuls' float32 kernels "
+              "timed one by one at the layers' shapes, with nothing else running: the ceiling "
+              "the kernels set.", ""]
   if "pipeline" in results:
     p = results["pipeline"]
     lines += ["### Input pipeline, images/s", "", "| read + parse | batch | batch + augment |",
@@ -345,6 +367,8 @@ def main(argv):
   if _MEASURE.value:
     if _MEASURE.value == "matmul":
       result = measure_matmul(_PRECISION.value, _MATMUL_SIZE.value)
+    elif _MEASURE.value == "arithmetic":
+      result = measure_arithmetic(_UTILISATION_MODEL, _UTILISATION_BATCH)
     else:
       result = measure_test_accuracy(_MODEL_DIR.value, _RECORDS_DIR.value)
     print(json.dumps(result))
