@@ -3,7 +3,8 @@
 Every measurement runs in a process of its own that prints one line of JSON,
 so runs of different kinds can be interleaved and none inherits another's
 warm caches, threads or traced graphs. This module holds what the benchmark
-needs besides those processes: spreads, FLOP counts and the matmul rate.
+needs besides those processes: spreads, FLOP counts, the matmul rate and the
+speed of a model's own convolution and matmul kernels.
 """
 
 import json
