@@ -80,3 +80,28 @@ def test_run_measurement_names_the_command_and_its_last_error(code, message):
 def test_machine_names_the_cpu_and_versions():
   facts = bench.machine()
   assert facts["cores"] >= 1 and facts["cpu"] and facts["tensorflow"] == tf.__version__
+
+
+def test_markdown_writes_each_figure_as_median_and_range():
+  summary = lambda *v: {"median": sorted(v)[len(v) // 2], "min": min(v), "max": max(v)}
+  results = {"command": "python tools/benchmark.py", "repeats": 3, "steps": 10, "seeds": 3,
+             "machine": {"cpu": "Test CPU", "cores": 2, "gpus": [], "tensorflow": "2.x",
+                         "python": "3.x"},
+             "records": {"idx": {"images": 70000, "source": "IDX",
+                                 "command_seconds": summary(9.0, 10.0, 12.5),
+                                 "make_records_seconds": summary(4.0, 4.5, 5.0)}}}
+  text = bench.markdown(results)
+  assert "Test CPU (2 cores, no GPU)" in text
+  assert "| idx (IDX) | 70,000 | 10.0 (9.0-12.5) | 4.5 (4.0-5.0) |" in text
+  assert "### Training throughput" not in text  # Only the sections that ran.
+
+
+@pytest.mark.parametrize("text,message", [
+    ("missing.flags@99", "no flagfile missing.flags"),
+    ("{flagfile}@fast", "is not flagfile@target_percent"),
+])
+def test_bad_recipes_are_named(tmp_path, text, message):
+  flagfile = tmp_path / "x.flags"
+  flagfile.write_text("--epochs=1\n")
+  with pytest.raises(ValueError, match=message):
+    bench.parse_recipe(text.format(flagfile=flagfile))

@@ -1,15 +1,10 @@
 """Tests of tools/benchmark.py on the tiny synthetic records."""
 
 import json
-import os
-import sys
 
 import pytest
 
 import train_fixtures as tfx
-
-sys.path.insert(0, str(tfx.REPO_ROOT / "tools"))
-import benchmark  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 TOOL = str(tfx.REPO_ROOT / "tools" / "benchmark.py")
 
@@ -108,40 +103,11 @@ def test_results_name_the_machine_and_the_command(measured):
   assert results["machine"]["cpu"] in markdown
 
 
-def test_markdown_writes_each_figure_as_median_and_range():
-  summary = lambda *v: {"median": sorted(v)[len(v) // 2], "min": min(v), "max": max(v)}
-  results = {"command": "python tools/benchmark.py", "repeats": 3, "steps": 10, "seeds": 3,
-             "machine": {"cpu": "Test CPU", "cores": 2, "gpus": [], "tensorflow": "2.x",
-                         "python": "3.x"},
-             "records": {"idx": {"images": 70000, "source": "IDX",
-                                 "command_seconds": summary(9.0, 10.0, 12.5),
-                                 "make_records_seconds": summary(4.0, 4.5, 5.0)}}}
-  text = benchmark.markdown(results)
-  assert "Test CPU (2 cores, no GPU)" in text
-  assert "| idx (IDX) | 70,000 | 10.0 (9.0-12.5) | 4.5 (4.0-5.0) |" in text
-  assert "### Training throughput" not in text  # Only the sections that ran.
-
-
-@pytest.mark.parametrize("text,message", [
-    ("missing.flags@99", "no flagfile missing.flags"),
-    ("{flagfile}@fast", "is not flagfile@target_percent"),
-])
-def test_bad_recipes_are_named(tmp_path, text, message):
-  flagfile = tmp_path / "x.flags"
-  flagfile.write_text("--epochs=1\n")
-  with pytest.raises(benchmark.app.UsageError, match=message):
-    benchmark.parse_recipe(text.format(flagfile=flagfile))
-
-
 def test_missing_records_stop_before_measuring_and_write_nothing(tmp_path):
   output_dir = tmp_path / "out"
   result = _benchmark(f"--records_dir={tmp_path / 'none'}", f"--output_dir={output_dir}",
                       "--sections=pipeline")
   assert result.returncode != 0
   errors = tfx.clean_stderr(result.stderr).strip().splitlines()
-  assert len(errors) == 1 and "none" in errors[0], describe(result)
+  assert len(errors) == 1 and "none" in errors[0], tfx.describe(result)
   assert not output_dir.exists()
-
-
-def describe(result):
-  return tfx.describe(result)

@@ -171,6 +171,94 @@ def run_measurement(command, env=None, prints_json=True):
   return seconds, json.loads(lines[-1]) if prints_json else None
 
 
+def parse_recipe(text):
+  """'fast.flags@99.0' -> ('fast.flags', 0.99); no '@target' gives None.
+
+  Raises:
+    ValueError: the flagfile does not exist or the target is not a number.
+  """
+  flagfile, _, target = text.partition("@")
+  if not os.path.exists(flagfile):
+    raise ValueError(f"--recipes: no flagfile {flagfile}")
+  try:
+    return flagfile, float(target) / 100 if target else None
+  except ValueError:
+    raise ValueError(f"--recipes: {text!r} is not flagfile@target_percent") from None
+
+
+def _spread(summary, fmt="{:,.0f}"):
+  return (f"{fmt.format(summary['median'])} ({fmt.format(summary['min'])}-"
+          f"{fmt.format(summary['max'])})")
+
+
+def markdown(results):
+  """The results as Markdown tables: median (min-max) of every figure."""
+  m = results["machine"]
+  lines = [f"Measured with `{results['command']}` on {m['cpu']} ({m['cores']} cores"
+           f"{', GPUs: ' + ', '.join(m['gpus']) if m['gpus'] else ', no GPU'}), "
+           f"TensorFlow {m['tensorflow']}, Python {m['python']}. Each cell is the median "
+           "(min-max) of the runs.", ""]
+  if "fit" in results:
+    lines += [f"### Training throughput, images/s ({results['repeats']} interleaved pairs, "
+              f"{results['steps']} steps each)", "",
+              "| model | precision | batch | tfmnist loop | Keras fit | loop / fit |",
+              "| --- | --- | ---: | ---: | ---: | ---: |"]
+    lines += [f"| {r['model']} | {r['precision']} | {r['global_batch_size']} | "
+              f"{_spread(r['custom'])} | {_spread(r['fit'])} | "
+              f"{_spread(r['ratio'], '{:.2f}')} |" for r in results["fit"]]
+    lines.append("")
+  if "utilisation" in results:
+    lines += ["### Hardware utilisation (seed LeNet, tfmnist loop)", "",
+              "| precision | batch | training GFLOP/image | images/s | model GFLOP/s "
+              "| matmul GFLOP/s | utilisation | products alone |",
+              "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for r in results["utilisation"]:
+      alone = r["products_alone_utilisation"]
+      giga = {k: {**r[k], **{s: r[k][s] / 1e9 for s in ("median", "min", "max")}}
+              for k in ("model_flops_per_second", "matmul_flops_per_second")}
+      lines.append(f"| {r['precision']} | {r['global_batch_size']} | "
+                   f"{r['training_flops_per_image'] / 1e9:.4f} | {_spread(r['images_per_second'])} "
+                   f"| {_spread(giga['model_flops_per_second'])} | "
+                   f"{_spread(giga['matmul_flops_per_second'])} | "
+                   f"{_spread(r['utilisation'], '{:.0%}')} | "
+                   f"{_spread(alone, '{:.0%}') if alone else '-'} |")
+    lines += ["", "Utilisation is the model's training FLOP/s (3x the forward FLOPs that "
+              "TensorFlow's profiler counts) over the matmul rate of the same precision. "
+              "Products alone: the same for the convolutions' and matmuls' float32 kernels "
+              "timed one by one at the layers' shapes, with nothing else running: the ceiling "
+              "the kernels set.", ""]
+  if "pipeline" in results:
+    p = results["pipeline"]
+    lines += ["### Input pipeline, images/s", "", "| read + parse | batch | batch + augment |",
+              "| ---: | ---: | ---: |",
+              f"| {_spread(p['read'])} | {_spread(p['batch'])} | {_spread(p['augment'])} |", ""]
+  if "records" in results:
+    lines += ["### make_records, seconds", "",
+              "| case | images | whole command | make_records call |", "| --- | ---: | ---: | ---: |"]
+    lines += [f"| {name} ({c['source']}) | {c['images']:,} | "
+              f"{_spread(c['command_seconds'], '{:.1f}')} | "
+              f"{_spread(c['make_records_seconds'], '{:.1f}')} |"
+              for name, c in results["records"].items()]
+    lines.append("")
+  if "accuracy" in results:
+    lines += [f"### Time to accuracy ({results['seeds']} seeds, official test set once per "
+              "final model)", "",
+              "| recipe | target | reached | test accuracy | training s | whole command s "
+              "| validation accuracy |", "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for r in results["accuracy"]:
+      name = " ".join([r["flagfile"], *r["extra_flags"]])
+      target = f"{r['target']:.1%}" if r["target"] is not None else "-"
+      lines.append(f"| {name} | {target} | {r['reached']}/{len(r['runs'])} | "
+                   f"{_spread(r['test_accuracy'], '{:.2%}')} | "
+                   f"{_spread(r['train_seconds'], '{:.1f}')} | "
+                   f"{_spread(r['command_seconds'], '{:.1f}')} | "
+                   f"{_spread(r['val_accuracy'], '{:.2%}')} |")
+    lines += ["", "Training seconds run from the start of `train_and_evaluate` (reading "
+              "records, building, tracing, every epoch's validation and checkpoints) to the "
+              "final weights; the whole command adds the interpreter, imports and the export."]
+  return "\n".join(lines) + "\n"
+
+
 def machine():
   """What the figures were measured on."""
   cpu = platform.processor() or platform.machine()

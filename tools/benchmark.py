@@ -220,17 +220,6 @@ def section_records():
           for name, case in cases.items()}
 
 
-def parse_recipe(text):
-  """'fast.flags@99.0' -> ('fast.flags', 0.99)."""
-  flagfile, _, target = text.partition("@")
-  if not os.path.exists(flagfile):
-    raise app.UsageError(f"--recipes: no flagfile {flagfile}")
-  try:
-    return flagfile, float(target) / 100 if target else None
-  except ValueError:
-    raise app.UsageError(f"--recipes: {text!r} is not flagfile@target_percent") from None
-
-
 def train_and_score(flagfile, seed, extra, runs_dir):
   """One training run and its single test evaluation."""
   name = os.path.splitext(os.path.basename(flagfile))[0]
@@ -252,7 +241,7 @@ def train_and_score(flagfile, seed, extra, runs_dir):
 
 
 def section_accuracy():
-  recipes = [(*parse_recipe(text), ()) for text in _RECIPES.value]
+  recipes = [(*bench.parse_recipe(text), ()) for text in _RECIPES.value]
   if _FLOAT32_TWIN.value and recipes:
     recipes.insert(1, (recipes[0][0], recipes[0][1], ("--precision=float32",)))
   bar = _progress(len(recipes) * _SEEDS.value, "accuracy")
@@ -275,81 +264,8 @@ def section_accuracy():
 
 
 # ----------------------------------------------------------------------------
-# Report
+# Output
 # ----------------------------------------------------------------------------
-
-
-def _spread(summary, fmt="{:,.0f}"):
-  return (f"{fmt.format(summary['median'])} ({fmt.format(summary['min'])}-"
-          f"{fmt.format(summary['max'])})")
-
-
-def markdown(results):
-  """The results as Markdown tables: median (min-max) of every figure."""
-  m = results["machine"]
-  lines = [f"Measured with `{results['command']}` on {m['cpu']} ({m['cores']} cores"
-           f"{', GPUs: ' + ', '.join(m['gpus']) if m['gpus'] else ', no GPU'}), "
-           f"TensorFlow {m['tensorflow']}, Python {m['python']}. Each cell is the median "
-           "(min-max) of the runs.", ""]
-  if "fit" in results:
-    lines += [f"### Training throughput, images/s ({results['repeats']} interleaved pairs, "
-              f"{results['steps']} steps each)", "",
-              "| model | precision | batch | tfmnist loop | Keras fit | loop / fit |",
-              "| --- | --- | ---: | ---: | ---: | ---: |"]
-    lines += [f"| {r['model']} | {r['precision']} | {r['global_batch_size']} | "
-              f"{_spread(r['custom'])} | {_spread(r['fit'])} | "
-              f"{_spread(r['ratio'], '{:.2f}')} |" for r in results["fit"]]
-    lines.append("")
-  if "utilisation" in results:
-    lines += ["### Hardware utilisation (seed LeNet, tfmnist loop)", "",
-              "| precision | batch | training GFLOP/image | images/s | model GFLOP/s "
-              "| matmul GFLOP/s | utilisation | products alone |",
-              "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
-    for r in results["utilisation"]:
-      alone = r["products_alone_utilisation"]
-      giga = {k: {**r[k], **{s: r[k][s] / 1e9 for s in ("median", "min", "max")}}
-              for k in ("model_flops_per_second", "matmul_flops_per_second")}
-      lines.append(f"| {r['precision']} | {r['global_batch_size']} | "
-                   f"{r['training_flops_per_image'] / 1e9:.4f} | {_spread(r['images_per_second'])} "
-                   f"| {_spread(giga['model_flops_per_second'])} | "
-                   f"{_spread(giga['matmul_flops_per_second'])} | "
-                   f"{_spread(r['utilisation'], '{:.0%}')} | "
-                   f"{_spread(alone, '{:.0%}') if alone else '-'} |")
-    lines += ["", "Utilisation is the model's training FLOP/s (3x the forward FLOPs that "
-              "TensorFlow's profiler counts) over the matmul rate of the same precision. "
-              "Products alone: the same for the convolutions' and matmuls' float32 kernels "
-              "timed one by one at the layers' shapes, with nothing else running: the ceiling "
-              "the kernels set.", ""]
-  if "pipeline" in results:
-    p = results["pipeline"]
-    lines += ["### Input pipeline, images/s", "", "| read + parse | batch | batch + augment |",
-              "| ---: | ---: | ---: |",
-              f"| {_spread(p['read'])} | {_spread(p['batch'])} | {_spread(p['augment'])} |", ""]
-  if "records" in results:
-    lines += ["### make_records, seconds", "",
-              "| case | images | whole command | make_records call |", "| --- | ---: | ---: | ---: |"]
-    lines += [f"| {name} ({c['source']}) | {c['images']:,} | "
-              f"{_spread(c['command_seconds'], '{:.1f}')} | "
-              f"{_spread(c['make_records_seconds'], '{:.1f}')} |"
-              for name, c in results["records"].items()]
-    lines.append("")
-  if "accuracy" in results:
-    lines += [f"### Time to accuracy ({results['seeds']} seeds, official test set once per "
-              "final model)", "",
-              "| recipe | target | reached | test accuracy | training s | whole command s "
-              "| validation accuracy |", "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
-    for r in results["accuracy"]:
-      name = " ".join([r["flagfile"], *r["extra_flags"]])
-      target = f"{r['target']:.1%}" if r["target"] is not None else "-"
-      lines.append(f"| {name} | {target} | {r['reached']}/{len(r['runs'])} | "
-                   f"{_spread(r['test_accuracy'], '{:.2%}')} | "
-                   f"{_spread(r['train_seconds'], '{:.1f}')} | "
-                   f"{_spread(r['command_seconds'], '{:.1f}')} | "
-                   f"{_spread(r['val_accuracy'], '{:.2%}')} |")
-    lines += ["", "Training seconds run from the start of `train_and_evaluate` (reading "
-              "records, building, tracing, every epoch's validation and checkpoints) to the "
-              "final weights; the whole command adds the interpreter, imports and the export."]
-  return "\n".join(lines) + "\n"
 
 
 def _write(path, text):
@@ -378,7 +294,10 @@ def main(argv):
   except DataError as e:
     sys.exit(f"benchmark.py: error: {e}")
   for text in _RECIPES.value if "accuracy" in _SECTIONS.value else ():
-    parse_recipe(text)
+    try:
+      bench.parse_recipe(text)
+    except ValueError as e:
+      raise app.UsageError(str(e)) from None
   os.makedirs(_OUTPUT_DIR.value, exist_ok=True)
   results = {"command": " ".join(["python", "tools/benchmark.py", *sys.argv[1:]]),
              "machine": bench.machine(), "repeats": _REPEATS.value, "steps": _STEPS.value,
@@ -394,8 +313,8 @@ def main(argv):
     except bench.BenchmarkError as e:
       sys.exit(f"benchmark.py: section {name}: {e}")
     _write(os.path.join(_OUTPUT_DIR.value, "results.json"), json.dumps(results, indent=1))
-    _write(os.path.join(_OUTPUT_DIR.value, "results.md"), markdown(results))
-  print(markdown(results))
+    _write(os.path.join(_OUTPUT_DIR.value, "results.md"), bench.markdown(results))
+  print(bench.markdown(results))
   print(f"wrote {os.path.join(_OUTPUT_DIR.value, 'results.md')} and results.json")
 
 
