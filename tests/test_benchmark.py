@@ -26,9 +26,9 @@ def measured(tmp_path_factory):
       f"--records_dir={records_dir}", f"--output_dir={output_dir}", "--sections=fit",
       "--sections=utilisation", "--sections=pipeline", "--sections=records",
       "--sections=accuracy", f"--idx_dir={tfx.write_idx_dir(root / 'idx')}", "--csv_rows=50",
-      "--fit_models=mlp", "--precisions=float32", "--repeats=2", "--steps=2",
+      "--fit_models=mlp", "--precisions=float32", "--repeats=1", "--steps=2",
       "--warmup_steps=2", "--matmul_size=256",
-      f"--recipes={flagfile}@5", "--seeds=2")
+      f"--recipes={flagfile}@5", "--seeds=1")
   tfx.check(result)
   with open(output_dir / "results.json") as f:
     results = json.load(f)
@@ -39,7 +39,7 @@ def test_fit_pairs_the_loop_with_keras_fit(measured):
   results, markdown, _ = measured
   (row,) = results["fit"]
   assert row["model"] == "mlp" and row["precision"] == "float32"
-  assert len(row["custom"]["runs"]) == len(row["fit"]["runs"]) == 2
+  assert len(row["custom"]["runs"]) == len(row["fit"]["runs"]) == 1
   ratios = [c / f for c, f in zip(row["custom"]["runs"], row["fit"]["runs"])]
   assert row["ratio"]["runs"] == pytest.approx(ratios)
   assert "| mlp | float32 | 128 |" in markdown
@@ -56,7 +56,7 @@ def test_utilisation_is_model_flops_over_the_matmul_rate(measured):
                                      row["utilisation"]["runs"]):
       assert share == pytest.approx(images * row["training_flops_per_image"] / matmul)
   float32, bfloat16 = results["utilisation"]
-  assert len(float32["products_alone_utilisation"]["runs"]) == 2
+  assert len(float32["products_alone_utilisation"]["runs"]) == 1
   assert float32["products_alone_utilisation"]["median"] > 0
   assert bfloat16["products_alone_utilisation"] is None  # Timed in float32 only.
   assert "### Hardware utilisation" in markdown and "| products alone |" in markdown
@@ -65,7 +65,7 @@ def test_utilisation_is_model_flops_over_the_matmul_rate(measured):
 def test_pipeline_reports_read_batch_and_augment_rates(measured):
   results, _, _ = measured
   for name in ("read", "batch", "augment"):
-    assert len(results["pipeline"][name]["runs"]) == 2
+    assert len(results["pipeline"][name]["runs"]) == 1
     assert results["pipeline"][name]["median"] > 0
 
 
@@ -75,7 +75,7 @@ def test_records_times_the_command_and_the_call(measured):
   assert results["records"]["csv"]["images"] == 50
   for case in results["records"].values():
     command, call = case["command_seconds"], case["make_records_seconds"]
-    assert len(command["runs"]) == len(call["runs"]) == 2
+    assert len(command["runs"]) == len(call["runs"]) == 1
     assert command["median"] > call["median"] > 0  # The command adds start-up.
   assert "### make_records, seconds" in markdown
 
@@ -85,7 +85,7 @@ def test_accuracy_trains_each_seed_and_scores_it_once_on_test(measured):
   bf16, float32 = results["accuracy"]
   assert bf16["extra_flags"] == [] and float32["extra_flags"] == ["--precision=float32"]
   for row in (bf16, float32):
-    assert [r["seed"] for r in row["runs"]] == [0, 1]
+    assert [r["seed"] for r in row["runs"]] == [0]
     assert row["target"] == pytest.approx(0.05)
     for r in row["runs"]:
       assert 0 < r["train_seconds"] < r["command_seconds"]

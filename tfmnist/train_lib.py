@@ -555,8 +555,9 @@ def train_and_evaluate(config):
 
   Returns:
     dict of final metrics (also written to <model_dir>/metrics.json), with
-    `train_seconds`: wall time of this call up to the final weights (set-up,
-    tracing, steps, validation and checkpoints; not the export).
+    `train_seconds`: wall time of the call that trained the final steps, up to
+    the final weights (set-up, tracing, steps, validation and checkpoints; not
+    the export). A resumed run counts only its last call.
   """
   started = time.perf_counter()
   setup = _set_up(config)
@@ -654,9 +655,11 @@ def train_and_evaluate(config):
   if not val_metrics:  # Nothing was left to train (a rerun of a finished run).
     with EmaWeights(run):
       val_metrics, _ = evaluate(run, eval_fn, val_dataset)
+  seconds = time.perf_counter() - started
+  if step == start_step:  # A rerun that trained nothing keeps the time of the run's training.
+    seconds = _read_metrics(config.model_dir).get("train_seconds", seconds)
   final = {"step": step, "epochs": step / steps_per_epoch, "stopped_early": stopped_early,
-           "train_seconds": time.perf_counter() - started,
-           **{f"val_{k}": v for k, v in val_metrics.items()}}
+           "train_seconds": seconds, **{f"val_{k}": v for k, v in val_metrics.items()}}
   if is_chief:
     if config.export:
       with EmaWeights(run):
@@ -666,6 +669,15 @@ def train_and_evaluate(config):
     writer.hparams_end(config, final)
   summaries.cleanup_worker_dir(work_dir, config.model_dir)
   return final
+
+
+def _read_metrics(model_dir):
+  """The run's metrics.json, or {} when it has none (yet) or it is unreadable."""
+  try:
+    with open(os.path.join(model_dir, "metrics.json")) as f:
+      return json.load(f)
+  except (OSError, ValueError):
+    return {}
 
 
 def _end_epoch(config, run, eval_fn, val_dataset, val_examples, info, writer, manager,
