@@ -7,7 +7,6 @@ an export folder itself (e.g. an exported ensemble), the report goes to
 <folder>_eval/eval/<split>/.
 """
 
-import json
 import os
 import sys
 
@@ -37,24 +36,6 @@ _BATCH = flags.DEFINE_integer("batch_size", 1000, "Images per model call.", lowe
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of the noise sweep.")
 
 
-def run_settings(model_dir):
-  """(dataset, records_dir) the run was trained on, from its manifest and flags."""
-  dataset, records_dir = "", ""
-  try:
-    with open(os.path.join(model_dir, "manifest.json")) as f:
-      dataset = json.load(f).get("dataset", "")
-  except (OSError, ValueError):
-    pass
-  try:
-    with open(os.path.join(model_dir, "flags.txt")) as f:
-      for line in f:
-        if line.startswith("--records_dir="):
-          records_dir = line.strip().split("=", 1)[1]
-  except OSError:
-    pass
-  return dataset, records_dir or "records"
-
-
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
@@ -66,7 +47,7 @@ def main(argv):
   # An export folder is replaced whole by the next export: its report goes beside it.
   is_export = os.path.exists(os.path.join(model_dir, "saved_model.pb"))
   output_dir = os.path.normpath(model_dir) + "_eval" if is_export else model_dir
-  dataset, records_dir = run_settings(model_dir)
+  dataset, records_dir = inference.run_settings(model_dir)
   dataset = _DATASET.value or dataset
   records_dir = _RECORDS_DIR.value or records_dir
   try:

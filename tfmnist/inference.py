@@ -9,6 +9,7 @@ which rebuilds the run's model from its own flags.
 """
 
 import glob
+import json
 import os
 import subprocess
 import sys
@@ -134,6 +135,24 @@ def load(model_dir, checkpoint="", records_dir=""):
   predictor = Predictor(destination, label=f"{model_dir} @ {checkpoint}")
   predictor.tmp = tmp
   return predictor
+
+
+def run_settings(model_dir):
+  """(dataset, records_dir) the run was trained on, from its manifest and flags."""
+  dataset, records_dir = "", ""
+  try:
+    with open(os.path.join(model_dir, "manifest.json")) as f:
+      dataset = json.load(f).get("dataset", "")
+  except (OSError, ValueError):
+    pass
+  try:
+    with open(os.path.join(model_dir, "flags.txt")) as f:
+      for line in f:
+        if line.startswith("--records_dir="):
+          records_dir = line.strip().split("=", 1)[1]
+  except OSError:
+    pass
+  return dataset, records_dir or "records"
 
 
 def expand_model_dirs(patterns):

@@ -110,8 +110,7 @@ def measure_arithmetic(model_name, batch_size):
 def measure_test_accuracy(model_dir, records_dir):
   """The exported model of `model_dir` on the official test split, once."""
   from tfmnist import inference, report  # pylint: disable=g-import-not-at-top
-  with open(os.path.join(model_dir, "manifest.json")) as f:
-    dataset = json.load(f)["dataset"]
+  dataset, _ = inference.run_settings(model_dir)
   _, images, labels = report.read_split(records_dir, dataset, "test")
   predicted = inference.load(model_dir).predict(images).argmax(axis=1)
   errors = int((predicted != labels).sum())
