@@ -424,3 +424,15 @@ def test_distribute_eval_on_one_replica_counts_every_example_once(eval_split):
   batches = _take(data.distribute_eval(tf.distribute.get_strategy(), data.read_examples(files),
                                        GLOBAL_BATCH), 100)
   _check_counted_once(batches, labels)
+
+
+def test_write_text_atomically_replaces_whole_files_and_leaves_no_temporary(tmp_path):
+  path = tmp_path / "metrics.json"
+  records.write_text_atomically(str(path), "old\n")
+  records.write_text_atomically(str(path), "new\n")
+  assert path.read_text() == "new\n"
+
+  with pytest.raises(TypeError):
+    records.write_text_atomically(str(path), 123)  # Fails after the temporary is open.
+  assert path.read_text() == "new\n"
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.json"]

@@ -111,14 +111,7 @@ def write_csv(path, head, body):
   writer = csv.writer(buffer, lineterminator="\n")
   writer.writerow(head)
   writer.writerows(body)
-  tmp = f"{path}.tmp-{os.getpid()}"
-  try:
-    with open(tmp, "w", newline="") as f:
-      f.write(buffer.getvalue())
-    os.replace(tmp, path)
-  finally:
-    if os.path.exists(tmp):
-      os.remove(tmp)
+  records.write_text_atomically(path, buffer.getvalue())
 
 
 def main(argv):

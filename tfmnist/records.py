@@ -115,6 +115,22 @@ def atomic_folder(final_path, overwrite=False):
     shutil.rmtree(tmp, ignore_errors=True)
 
 
+def write_text_atomically(path, text):
+  """Writes `text` to `path` under a temporary name, then renames it into place.
+
+  Readers see the old file or the whole new one, never a partial one; the
+  temporary file is removed when writing fails.
+  """
+  tmp = f"{path}.tmp-{os.getpid()}"
+  try:
+    with open(tmp, "w", newline="") as f:
+      f.write(text)
+    os.replace(tmp, path)
+  finally:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+
+
 def dataset_dir(records_dir, dataset):
   return os.path.join(records_dir, dataset)
 

@@ -664,8 +664,8 @@ def train_and_evaluate(config):
     if config.export:
       with EmaWeights(run):
         export.export(run.model, info["class_names"], export_dir_of(config))
-    with open(os.path.join(config.model_dir, "metrics.json"), "w") as f:
-      json.dump(final, f, indent=1)
+    records.write_text_atomically(os.path.join(config.model_dir, "metrics.json"),
+                                  json.dumps(final, indent=1))
     writer.hparams_end(config, final)
   summaries.cleanup_worker_dir(work_dir, config.model_dir)
   return final

@@ -263,16 +263,8 @@ def section_accuracy():
 
 
 # ----------------------------------------------------------------------------
-# Output
+# Entry point
 # ----------------------------------------------------------------------------
-
-
-def _write(path, text):
-  """Writes through a temporary file and a rename: never a half-written file."""
-  partial = path + ".partial"
-  with open(partial, "w") as f:
-    f.write(text)
-  os.replace(partial, path)
 
 
 def main(argv):
@@ -311,8 +303,10 @@ def main(argv):
       results[name] = sections[name]()
     except bench.BenchmarkError as e:
       sys.exit(f"benchmark.py: section {name}: {e}")
-    _write(os.path.join(_OUTPUT_DIR.value, "results.json"), json.dumps(results, indent=1))
-    _write(os.path.join(_OUTPUT_DIR.value, "results.md"), bench.markdown(results))
+    records.write_text_atomically(os.path.join(_OUTPUT_DIR.value, "results.json"),
+                                  json.dumps(results, indent=1))
+    records.write_text_atomically(os.path.join(_OUTPUT_DIR.value, "results.md"),
+                                  bench.markdown(results))
   print(bench.markdown(results))
   print(f"wrote {os.path.join(_OUTPUT_DIR.value, 'results.md')} and results.json")
 
