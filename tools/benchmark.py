@@ -96,13 +96,18 @@ def measure_matmul(precision, size):
           "flops_per_second": bench.matmul_flops_per_second(dtype, size)}
 
 
-def measure_arithmetic(model_name, batch_size):
-  """The float32 products of `model_name` timed alone: a ceiling on images/s."""
+def _built_model(name):
+  """The registered model `name` with 10 classes, built by a call on one image."""
   import numpy as np  # pylint: disable=g-import-not-at-top
   from tfmnist import models  # pylint: disable=g-import-not-at-top
-  model = models.create(model_name, 10)
+  model = models.create(name, 10)
   model(np.zeros((1, 28, 28, 1), np.float32))
-  seconds = bench.arithmetic_seconds(model, batch_size)
+  return model
+
+
+def measure_arithmetic(model_name, batch_size):
+  """The float32 products of `model_name` timed alone: a ceiling on images/s."""
+  seconds = bench.arithmetic_seconds(_built_model(model_name), batch_size)
   return {"model": model_name, "global_batch_size": batch_size, "seconds": seconds,
           "images_per_second": batch_size / seconds}
 
@@ -155,11 +160,7 @@ def section_fit():
 
 def section_utilisation():
   """Training FLOP/s of the loop over the matmul rate, both measured each repeat."""
-  from tfmnist import models  # pylint: disable=g-import-not-at-top
-  import numpy as np  # pylint: disable=g-import-not-at-top
-  model = models.create(_UTILISATION_MODEL, 10)
-  model(np.zeros((1, 28, 28, 1), np.float32))
-  flops_per_image = bench.training_flops(model)
+  flops_per_image = bench.training_flops(_built_model(_UTILISATION_MODEL))
   precisions = ("float32", "mixed_bfloat16")
   bar = _progress(_REPEATS.value * 2 * len(precisions), "utilisation")
   rows = []
