@@ -1,5 +1,5 @@
 """Sequential networks: an MLP, LeNet-5, the seed LeNet, the Kaggle CNN, a deep
-BatchNorm net, and the small BatchNorm nets strided_bn and fast_cnn."""
+BatchNorm net, and the small BatchNorm nets strided_bn, fast_cnn and fast_cnn4."""
 
 import keras
 
@@ -165,6 +165,11 @@ class StridedBN(Sequence):
     super().__init__(layers, name="strided_bn")
 
 
+def _conv_bn_relu(filters, kernel, stride=1, padding="valid"):
+  return [L.Conv2D(filters, kernel, stride, padding=padding, use_bias=False), batch_norm(),
+          L.ReLU()]
+
+
 @register("fast_cnn")
 class FastCNN(Sequence):
   """A small BatchNorm network built for images per second: 98,986 parameters.
@@ -177,12 +182,21 @@ class FastCNN(Sequence):
   """
 
   def __init__(self, num_classes):
-    layers = []
-    for filters, kernel, stride, padding in ((32, 5, 2, "same"), (64, 3, 1, "valid"),
-                                             (128, 3, 1, "valid")):
-      layers += [L.Conv2D(filters, kernel, stride, padding=padding, use_bias=False),
-                 batch_norm(), L.ReLU()]
-      if filters > 32:
-        layers.append(L.MaxPooling2D(2))
-    layers += [L.Flatten(), _logits(num_classes)]
+    layers = (_conv_bn_relu(32, 5, 2, "same") + _conv_bn_relu(64, 3) + [L.MaxPooling2D(2)] +
+              _conv_bn_relu(128, 3) + [L.MaxPooling2D(2), L.Flatten(), _logits(num_classes)])
     super().__init__(layers, name="fast_cnn")
+
+
+@register("fast_cnn4")
+class FastCNN4(Sequence):
+  """fast_cnn with a fourth convolution, for accuracy in minutes: 142,506 parameters.
+
+  Conv 32 5x5 stride 2 (28 -> 14), Conv 64 3x3 (-> 12), Conv 64 3x3 (-> 10),
+  MaxPool (-> 5), Conv 128 3x3 (-> 3), Dense classes; BatchNorm and ReLU
+  after every convolution. It trains at about 70% of fast_cnn's images/s.
+  """
+
+  def __init__(self, num_classes):
+    layers = (_conv_bn_relu(32, 5, 2, "same") + _conv_bn_relu(64, 3) + _conv_bn_relu(64, 3) +
+              [L.MaxPooling2D(2)] + _conv_bn_relu(128, 3) + [L.Flatten(), _logits(num_classes)])
+    super().__init__(layers, name="fast_cnn4")
