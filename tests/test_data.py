@@ -231,6 +231,15 @@ def test_train_dataset_refuses_more_steps_than_examples(train_split):
     _train(examples, num_steps=6)
 
 
+def test_train_dataset_runs_without_the_autotuner(train_split):
+  # Deleting an autotuned iterator waits for the tuner's thread; long runs
+  # then held the finished command for tens of seconds.
+  _, _, examples = train_split
+  dataset = _train(examples)
+  assert dataset.options().autotune.enabled is False
+  assert next(iter(dataset))["image"].shape == (GLOBAL_BATCH, 28, 28, 1)
+
+
 def test_steps_per_epoch_refuses_a_batch_larger_than_the_data():
   assert data.steps_per_epoch(43, 8) == 5
   with pytest.raises(ValueError, match="global batch size 64 is larger than the 43"):
