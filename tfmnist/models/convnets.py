@@ -4,7 +4,7 @@ BatchNorm net, and the small BatchNorm nets strided_bn, fast_cnn and fast_cnn4."
 import keras
 
 from tfmnist.models import register
-from tfmnist.models.layers import Dropout, batch_norm
+from tfmnist.models.layers import Dropout, batch_norm, conv_bn_relu
 
 L = keras.layers
 
@@ -157,17 +157,11 @@ class StridedBN(Sequence):
     for block, filters in enumerate((32, 64)):
       for kernel, stride in ((3, 1), (3, 1), (5, 2)):
         padding = "same" if stride == 2 else "valid"
-        layers += [L.Conv2D(filters, kernel, stride, padding=padding, use_bias=False),
-                   batch_norm(), L.ReLU()]
+        layers += conv_bn_relu(filters, kernel, stride, padding)
       layers += [Dropout(dropout, salt=block)]
-    layers += [L.Conv2D(128, 4, use_bias=False), batch_norm(), L.ReLU(), L.Flatten(),
-               Dropout(dropout, salt=2), _logits(num_classes)]
+    layers += conv_bn_relu(128, 4) + [L.Flatten(), Dropout(dropout, salt=2),
+                                      _logits(num_classes)]
     super().__init__(layers, name="strided_bn")
-
-
-def _conv_bn_relu(filters, kernel, stride=1, padding="valid"):
-  return [L.Conv2D(filters, kernel, stride, padding=padding, use_bias=False), batch_norm(),
-          L.ReLU()]
 
 
 @register("fast_cnn")
@@ -182,8 +176,8 @@ class FastCNN(Sequence):
   """
 
   def __init__(self, num_classes):
-    layers = (_conv_bn_relu(32, 5, 2, "same") + _conv_bn_relu(64, 3) + [L.MaxPooling2D(2)] +
-              _conv_bn_relu(128, 3) + [L.MaxPooling2D(2), L.Flatten(), _logits(num_classes)])
+    layers = (conv_bn_relu(32, 5, 2, "same") + conv_bn_relu(64, 3) + [L.MaxPooling2D(2)] +
+              conv_bn_relu(128, 3) + [L.MaxPooling2D(2), L.Flatten(), _logits(num_classes)])
     super().__init__(layers, name="fast_cnn")
 
 
@@ -197,6 +191,6 @@ class FastCNN4(Sequence):
   """
 
   def __init__(self, num_classes):
-    layers = (_conv_bn_relu(32, 5, 2, "same") + _conv_bn_relu(64, 3) + _conv_bn_relu(64, 3) +
-              [L.MaxPooling2D(2)] + _conv_bn_relu(128, 3) + [L.Flatten(), _logits(num_classes)])
+    layers = (conv_bn_relu(32, 5, 2, "same") + conv_bn_relu(64, 3) + conv_bn_relu(64, 3) +
+              [L.MaxPooling2D(2)] + conv_bn_relu(128, 3) + [L.Flatten(), _logits(num_classes)])
     super().__init__(layers, name="fast_cnn4")

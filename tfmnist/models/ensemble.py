@@ -11,7 +11,7 @@ import keras
 
 from tfmnist.models import register
 from tfmnist.models.convnets import Sequence
-from tfmnist.models.layers import batch_norm
+from tfmnist.models.layers import batch_norm, conv_bn_relu
 
 L = keras.layers
 
@@ -19,7 +19,7 @@ L = keras.layers
 def _layers(kernel_size, filters, num_classes):
   layers = []
   for f in filters:
-    layers += [L.Conv2D(f, kernel_size, use_bias=False), batch_norm(), L.ReLU()]
+    layers += conv_bn_relu(f, kernel_size)
   layers += [L.Flatten(), L.Dense(num_classes, use_bias=False),
              batch_norm(dtype="float32")]
   return layers

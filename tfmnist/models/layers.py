@@ -73,3 +73,9 @@ def batch_norm(momentum=0.9, **kwargs):
   evaluation and export use.
   """
   return keras.layers.BatchNormalization(synchronized=True, momentum=momentum, **kwargs)
+
+
+def conv_bn_relu(filters, kernel, stride=1, padding="valid"):
+  """[Conv2D without bias, batch_norm, ReLU]: the BatchNorm networks' unit."""
+  return [keras.layers.Conv2D(filters, kernel, stride, padding=padding, use_bias=False),
+          batch_norm(), keras.layers.ReLU()]
