@@ -190,6 +190,26 @@ def test_tta_is_the_mean_over_the_shifted_images(trained):
   assert np.abs(tta - trained.probabilities[:20]).max() > 1e-4  # The shifts did something.
 
 
+def test_tta_with_mirror_adds_the_mirror_image_of_every_shift(trained):
+  """mirror=True: the mean over the 5 shifts and their left-right mirror images."""
+  assert inference.tta_views(False, mirror=True) == ((0, 0, False),)
+  assert len(inference.tta_views(True)) == 5
+  views = inference.tta_views(True, mirror=True)
+  assert sorted(views) == sorted([(dx, dy, m) for dx, dy in inference.TTA_SHIFTS
+                                  for m in (False, True)])
+  images = trained.images[:20, ..., None]
+  shifted = [images_lib.shift_images(images, dx, dy) for dx, dy in inference.TTA_SHIFTS]
+  by_hand = np.mean([trained.predictor.predict(s) for s in shifted] +
+                    [trained.predictor.predict(s[:, :, ::-1].copy()) for s in shifted], axis=0)
+  mirrored = trained.predictor.predict(images, batch_size=8, tta=True, mirror=True)
+  np.testing.assert_allclose(mirrored, by_hand, atol=1e-6)
+  plain_tta = trained.predictor.predict(images, batch_size=8, tta=True)
+  assert np.abs(mirrored - plain_tta).max() > 1e-4  # The mirror images did something.
+  # Without tta, mirror changes nothing.
+  np.testing.assert_array_equal(trained.predictor.predict(images, mirror=True),
+                                trained.predictor.predict(images))
+
+
 # ----------------------------------------------------------------------------
 # Ensembles
 # ----------------------------------------------------------------------------

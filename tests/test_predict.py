@@ -5,7 +5,9 @@ TensorFlow costs seconds) and the tests read their results.
 """
 
 import csv
+import json
 import os
+import shutil
 import types
 
 import numpy as np
@@ -140,7 +142,7 @@ def _assert_one_line_error(result, *names):
 def test_read_inputs_of_a_digit_recognizer_csv(setup):
   """Pixels-only CSV: ImageId 1..N in input order, no labels."""
   inputs = predict.read_inputs(setup.digit_csv, 10, "test")
-  assert inputs.kind == "csv" and inputs.labels is None
+  assert inputs.kind == "csv" and inputs.labels is None and inputs.digits
   assert inputs.header == ["ImageId", "Label"] == predict.header(inputs)
   assert inputs.keys == [(i,) for i in range(1, 13)]
   np.testing.assert_array_equal(np.asarray(inputs.images).reshape(12, 28, 28),
@@ -164,8 +166,17 @@ def test_read_inputs_of_records(setup):
   assert predict.header(inputs) == ["index", "label", "prediction", "probability"]
   np.testing.assert_array_equal(inputs.labels, examples.label.numpy())
   assert [k[1] for k in inputs.keys] == examples.label.numpy().tolist()
+  assert inputs.digits  # MNIST's info.json: test-time augmentation never mirrors.
   with pytest.raises(DataError, match="no split 'dig'"):
     predict.read_inputs(os.path.join(setup.records_dir, "mnist"), 10, "dig")
+
+
+def test_read_inputs_of_records_that_are_not_digits(setup, tmp_path):
+  """Records whose info.json says "digits": false let test-time augmentation mirror."""
+  shutil.copytree(os.path.join(setup.records_dir, "mnist"), tmp_path / "clothes")
+  info_path = tmp_path / "clothes" / records.INFO_FILE
+  info_path.write_text(json.dumps(dict(json.loads(info_path.read_text()), digits=False)))
+  assert not predict.read_inputs(str(tmp_path / "clothes"), 10, "test").digits
 
 
 def test_read_inputs_of_a_missing_path(tmp_path):

@@ -3,6 +3,7 @@
 import json
 import os
 import re
+import shutil
 import types
 
 import numpy as np
@@ -315,12 +316,36 @@ def test_write_report_rerun_replaces_the_report(trained, written):
   assert sorted(os.listdir(folder)) == [n for n in REPORT_FILES if n != "robustness.png"]
   with open(os.path.join(folder, "metrics.json")) as f:
     saved = json.load(f)
-  assert saved["tta"] is True and "robustness" not in saved
+  assert saved["tta"] is True and saved["tta_views"] == 5 and "robustness" not in saved
   tta = trained.predictor.predict(trained.images, tta=True).argmax(-1)
   assert saved["error_count"] == int(np.sum(tta != trained.labels)) == result["error_count"]
   assert _temporary_entries(os.path.join(trained.run_dir, "eval")) == []
   with open(os.path.join(folder, "report.md")) as f:
-    assert re.search(r"test-time augmentation", f.read())
+    markdown = f.read()
+  assert re.search(r"test-time augmentation \(one-pixel shifts\)", markdown)
+
+
+def test_write_report_tta_mirrors_a_dataset_that_is_not_digits(trained, tmp_path):
+  """info.json "digits": false (Fashion-MNIST) adds the mirror images to the TTA views."""
+  records_dir = tmp_path / "records"
+  shutil.copytree(trained.records_dir, records_dir)
+  info_path = records_dir / "mnist" / records.INFO_FILE
+  info = json.loads(info_path.read_text())
+  assert info["digits"] is True
+  info_path.write_text(json.dumps(dict(info, digits=False)))
+  config = report.ReportConfig(model_dir=str(tmp_path / "model"), records_dir=str(records_dir),
+                               robustness=False, tta=True, top_mistakes=3)
+  folder, result = report.write_report(config, trained.predictor)
+  with open(os.path.join(folder, "metrics.json")) as f:
+    saved = json.load(f)
+  assert saved["tta"] is True and saved["tta_views"] == 10
+  mirrored = trained.predictor.predict(trained.images, tta=True, mirror=True)
+  assert result["loss"] == pytest.approx(
+      -np.mean(np.log(np.maximum(mirrored[np.arange(len(mirrored)), trained.labels], 1e-7))),
+      rel=1e-3)
+  assert saved["error_count"] == int(np.sum(mirrored.argmax(-1) != trained.labels))
+  with open(os.path.join(folder, "report.md")) as f:
+    assert "one-pixel shifts and mirror images" in f.read()
 
 
 def test_write_report_to_another_output_dir(trained, tmp_path):

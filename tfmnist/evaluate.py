@@ -31,7 +31,8 @@ _ROBUSTNESS = flags.DEFINE_bool("robustness", True, "Run the noise, rotation and
 _ROBUSTNESS_IMAGES = flags.DEFINE_integer(
     "robustness_images", 2000, "Images the sweeps use (count; a class-stratified choice); "
     "0: the whole split.", lower_bound=0)
-_TTA = flags.DEFINE_bool("tta", False, "Average over one-pixel shifts (test-time augmentation).")
+_TTA = flags.DEFINE_bool("tta", False, "Average over one-pixel shifts, and mirror images when "
+                         "the dataset is not digits (test-time augmentation).")
 _BATCH = flags.DEFINE_integer("batch_size", 1000, "Images per model call.", lower_bound=1)
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of the noise sweep.")
 

@@ -22,9 +22,19 @@ from tfmnist import export
 from tfmnist import images as images_lib
 from tfmnist.errors import DataError
 
-# Test-time augmentation: the image itself and one-pixel shifts (never flips:
-# a mirrored digit is another symbol or none).
+# Test-time augmentation: the image itself and its one-pixel shifts; with
+# `mirror`, each of them mirrored left-right as well. Mirroring is only for
+# datasets whose classes survive it (info.json "digits" false, e.g.
+# Fashion-MNIST): a mirrored digit is another symbol or none.
 TTA_SHIFTS = ((0, 0), (1, 0), (-1, 0), (0, 1), (0, -1))
+
+
+def tta_views(tta, mirror=False):
+  """The (dx, dy, mirrored) views whose predictions are averaged."""
+  if not tta:
+    return ((0, 0, False),)
+  return tuple((dx, dy, flip) for flip in ((False, True) if mirror else (False,))
+               for dx, dy in TTA_SHIFTS)
 
 
 class Predictor:
@@ -53,20 +63,22 @@ class Predictor:
   def num_classes(self):
     return len(self.class_names)
 
-  def predict(self, images, batch_size=1000, tta=False):
+  def predict(self, images, batch_size=1000, tta=False, mirror=False):
     """Probabilities float32 [N, classes] of uint8 images [N, 28, 28(, 1)].
 
-    With `tta`, the average over the image and its one-pixel shifts.
+    With `tta`, the average over the views of `tta_views(tta, mirror)`.
     """
     images = _as_batch(images)
-    offsets = TTA_SHIFTS if tta else TTA_SHIFTS[:1]
+    views = tta_views(tta, mirror)
     total = np.zeros((len(images), self.num_classes), np.float64)
-    for dx, dy in offsets:
+    for dx, dy, mirrored in views:
       moved = images_lib.shift_images(images, dx, dy)
+      if mirrored:
+        moved = np.ascontiguousarray(moved[:, :, ::-1])
       for start in range(0, len(images), batch_size):
         batch = tf.constant(moved[start:start + batch_size])
         total[start:start + batch_size] += self._serve(images=batch)["probabilities"].numpy()
-    return (total / len(offsets)).astype(np.float32)
+    return (total / len(views)).astype(np.float32)
 
 
 def _as_batch(images):
@@ -190,6 +202,7 @@ class Ensemble:
     export.export([m.loaded for m in self.members], self.class_names, destination)
     return destination
 
-  def predict(self, images, batch_size=1000, tta=False):
-    total = sum(m.predict(images, batch_size, tta).astype(np.float64) for m in self.members)
+  def predict(self, images, batch_size=1000, tta=False, mirror=False):
+    total = sum(m.predict(images, batch_size, tta, mirror).astype(np.float64)
+                for m in self.members)
     return (total / len(self.members)).astype(np.float32)

@@ -36,7 +36,8 @@ _SPLIT = flags.DEFINE_string("split", "test", "Split to predict when --input is 
 _CHECKPOINT = flags.DEFINE_string(
     "checkpoint", "", "Use this checkpoint of each run ('latest', 'best' or a path) "
     "instead of its export.")
-_TTA = flags.DEFINE_bool("tta", False, "Average over one-pixel shifts (test-time augmentation).")
+_TTA = flags.DEFINE_bool("tta", False, "Average over one-pixel shifts, and mirror images for "
+                         "records of non-digit datasets (test-time augmentation).")
 _EXPORT_ENSEMBLE = flags.DEFINE_string(
     "export_ensemble", "", "Write the models as one averaged SavedModel to this folder.")
 _BATCH = flags.DEFINE_integer("batch_size", 1000, "Images per model call.", lower_bound=1)
@@ -51,11 +52,14 @@ class Inputs:
     keys: [N] first column(s) of each output row, as a list of tuples.
     labels: [N] true labels or None.
     kind: "csv", "records" or "images".
+    digits: the classes do not survive mirroring (test-time augmentation
+      leaves mirror images out); only records can say otherwise.
   """
 
-  def __init__(self, images, header, keys, labels, kind):
+  def __init__(self, images, header, keys, labels, kind, digits=True):
     self.images, self.header, self.keys, self.labels, self.kind = (
         images, header, keys, labels, kind)
+    self.digits = digits
 
 
 def read_inputs(path, num_classes, split):
@@ -67,9 +71,10 @@ def read_inputs(path, num_classes, split):
     records_dir, dataset = os.path.split(os.path.normpath(path))
     examples = data.read_examples(records.split_files(records_dir, dataset, split))
     labels = examples.label.numpy()
+    digits = records.read_info(records_dir, dataset).get("digits", True)
     return Inputs(examples.image.numpy(), ["index", "label"],
                   [(int(i), int(l)) for i, l in zip(examples.index.numpy(), labels)],
-                  labels if np.all(labels >= 0) else None, "records")
+                  labels if np.all(labels >= 0) else None, "records", digits)
   if path.lower().endswith(".csv"):
     raw = csv_source.read_csv(path, num_classes)
     if raw.ids is not None:  # Kannada-MNIST: echo the test file's ids.
@@ -130,7 +135,7 @@ def main(argv):
     if not _INPUT.value:
       return
     inputs = read_inputs(_INPUT.value, model.num_classes, _SPLIT.value)
-    probabilities = model.predict(inputs.images, _BATCH.value, _TTA.value)
+    probabilities = model.predict(inputs.images, _BATCH.value, _TTA.value, not inputs.digits)
     body = rows(inputs, probabilities, model.class_names)
     if _OUTPUT.value:
       write_csv(_OUTPUT.value, header(inputs), body)

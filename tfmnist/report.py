@@ -16,7 +16,7 @@ import time
 import numpy as np
 import tensorflow as tf
 
-from tfmnist import augment, data, figures, metrics, prepare, records, summaries
+from tfmnist import augment, data, figures, inference, metrics, prepare, records, summaries
 from tfmnist import images as images_lib
 from tfmnist.errors import DataError
 
@@ -42,7 +42,8 @@ class ReportConfig:
       sweep point is a full pass, so the sweeps cost 34 passes.
     seed: seed of the Gaussian noise.
     batch_size: images per call of the model.
-    tta: test-time augmentation with one-pixel shifts.
+    tta: test-time augmentation: one-pixel shifts, and mirror images too when
+      the dataset's info.json says its classes are not digits.
   """
   model_dir: str
   output_dir: str = ""
@@ -159,9 +160,13 @@ def _final_step(model_dir):
     return 0
 
 
-def _markdown(config, source, result, robust, robust_images, figure_names, seconds):
+def _markdown(config, source, result, robust, robust_images, figure_names, seconds, mirror):
+  tta = ""
+  if config.tta:
+    tta = (" with test-time augmentation (one-pixel shifts"
+           f"{' and mirror images' if mirror else ''})")
   lines = [f"# Evaluation of {config.model_dir} on {config.dataset} / {config.split}", "",
-           f"Model: `{source}`{' with test-time augmentation' if config.tta else ''}. "
+           f"Model: `{source}`{tta}. "
            f"{result['count']} images, evaluated in {seconds:.1f} s.", "",
            "| metric | value |", "| --- | --- |",
            f"| accuracy | {result['accuracy']:.4%} |",
@@ -212,8 +217,10 @@ def write_report(config, predictor):
         f"{predictor.num_classes}")
   class_names = info["class_names"]
 
+  mirror = not info.get("digits", True)
+
   def predict(batch):
-    return predictor.predict(batch, config.batch_size, config.tta)
+    return predictor.predict(batch, config.batch_size, config.tta, mirror)
 
   probabilities = predict(images)
   result = metrics.classification_metrics(labels, probabilities, class_names)
@@ -247,14 +254,15 @@ def write_report(config, predictor):
     seconds = time.perf_counter() - start
     source = getattr(predictor, "path", None) or ", ".join(m.path for m in predictor.members)
     output = {"model": source, "dataset": config.dataset, "split": config.split,
-              "tta": config.tta, "seconds": seconds, **result}
+              "tta": config.tta, "tta_views": len(inference.tta_views(config.tta, mirror)),
+              "seconds": seconds, **result}
     if robust:
       output["robustness"] = robust
       output["robustness_images"] = robust_images
     with open(os.path.join(tmp, "metrics.json"), "w") as f:
       json.dump(output, f, indent=1)
     with open(os.path.join(tmp, "report.md"), "w") as f:
-      f.write(_markdown(config, source, result, robust, robust_images, names, seconds))
+      f.write(_markdown(config, source, result, robust, robust_images, names, seconds, mirror))
     with open(os.path.join(tmp, names["confusion"]), "rb") as f:
       _tensorboard(output_dir, config.split, result, f.read(),
                    _final_step(config.model_dir))
