@@ -2,9 +2,11 @@
 
 import json
 
+import numpy as np
 import pytest
 
 import train_fixtures as tfx
+from tfmnist import inference, report
 
 TOOL = str(tfx.REPO_ROOT / "tools" / "benchmark.py")
 
@@ -28,15 +30,15 @@ def measured(tmp_path_factory):
       "--sections=accuracy", f"--idx_dir={tfx.write_idx_dir(root / 'idx')}", "--csv_rows=50",
       "--fit_models=mlp", "--precisions=float32", "--repeats=1", "--steps=2",
       "--warmup_steps=2", "--matmul_size=256",
-      f"--recipes={flagfile}@5", "--seeds=1")
+      f"--recipes={flagfile}@5", "--seeds=1", f"--runs_dir={root / 'runs'}")
   tfx.check(result)
   with open(output_dir / "results.json") as f:
     results = json.load(f)
-  return results, (output_dir / "results.md").read_text(), result.stdout
+  return results, (output_dir / "results.md").read_text(), result.stdout, records_dir, root
 
 
 def test_fit_pairs_the_loop_with_keras_fit(measured):
-  results, markdown, _ = measured
+  results, markdown, *_ = measured
   (row,) = results["fit"]
   assert row["model"] == "mlp" and row["precision"] == "float32"
   assert len(row["custom"]["runs"]) == len(row["fit"]["runs"]) == 1
@@ -46,7 +48,7 @@ def test_fit_pairs_the_loop_with_keras_fit(measured):
 
 
 def test_utilisation_is_model_flops_over_the_matmul_rate(measured):
-  results, markdown, _ = measured
+  results, markdown, *_ = measured
   assert [r["precision"] for r in results["utilisation"]] == ["float32", "mixed_bfloat16"]
   for row in results["utilisation"]:
     assert row["model"] == "lenet" and row["global_batch_size"] == 256
@@ -63,14 +65,14 @@ def test_utilisation_is_model_flops_over_the_matmul_rate(measured):
 
 
 def test_pipeline_reports_read_batch_and_augment_rates(measured):
-  results, _, _ = measured
+  results, *_ = measured
   for name in ("read", "batch", "augment"):
     assert len(results["pipeline"][name]["runs"]) == 1
     assert results["pipeline"][name]["median"] > 0
 
 
 def test_records_times_the_command_and_the_call(measured):
-  results, markdown, _ = measured
+  results, markdown, *_ = measured
   assert results["records"]["idx"]["images"] == tfx.NUM_TRAIN + tfx.NUM_TEST
   assert results["records"]["csv"]["images"] == 50
   for case in results["records"].values():
@@ -81,7 +83,7 @@ def test_records_times_the_command_and_the_call(measured):
 
 
 def test_accuracy_trains_each_seed_and_scores_it_once_on_test(measured):
-  results, markdown, stdout = measured
+  results, markdown, stdout, records_dir, root = measured
   bf16, float32 = results["accuracy"]
   assert bf16["extra_flags"] == [] and float32["extra_flags"] == ["--precision=float32"]
   for row in (bf16, float32):
@@ -92,12 +94,18 @@ def test_accuracy_trains_each_seed_and_scores_it_once_on_test(measured):
       assert r["test_accuracy"] == pytest.approx(1 - r["test_errors"] / tfx.NUM_TEST)
       assert r["epochs"] == 1
     assert row["reached"] == sum(r["test_accuracy"] >= 0.05 for r in row["runs"])
+  # With TTA: the same export averaged over the shifted views (never mirrored: digits).
+  _, images, labels = report.read_split(str(records_dir), "mnist", "test")
+  tta = inference.load(str(root / "runs" / "tiny-seed0")).predict(images, tta=True)
+  assert bf16["runs"][0]["test_accuracy_tta"] == pytest.approx(
+      np.mean(tta.argmax(-1) == labels))
   assert "### Time to accuracy" in markdown and "tiny.flags --precision=float32" in markdown
+  assert "| with TTA |" in markdown and f"{bf16['test_accuracy_tta']['median']:.2%}" in markdown
   assert markdown in stdout  # The same tables are printed.
 
 
 def test_results_name_the_machine_and_the_command(measured):
-  results, markdown, _ = measured
+  results, markdown, *_ = measured
   assert results["machine"]["cores"] >= 1
   assert results["command"].startswith("python tools/benchmark.py --records_dir=")
   assert results["machine"]["cpu"] in markdown
