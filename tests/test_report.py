@@ -179,9 +179,37 @@ def test_robustness_with_a_rule_based_model():
       [accuracy(report.add_noise(images, f, 3)) for f in report.NOISE_FACTORS])
   assert result["rotation"]["accuracy"] == pytest.approx(
       [accuracy(report.rotate(images, d)) for d in report.ROTATION_DEGREES])
-  # Left and right keep the row, up and down move it: half right at every shift.
+  # A quarter of the bars go each way. Left and right keep the row, up and
+  # down move it: half right at every shift.
   assert result["shift"]["accuracy"] == pytest.approx([1.0, 0.5, 0.5, 0.5, 0.5])
-  assert all(n == len(images) for n in calls)
+  # One pass per sweep point: the clean pass, 10 noise levels, 8 rotations, 4 shifts.
+  assert calls == [len(images)] * 23
+
+
+def test_robustness_reuses_the_clean_probabilities():
+  """Given the clean predictions, the sweeps never predict the clean images again."""
+  images, labels = _bar_images()
+  seen = []
+
+  def predict(batch):
+    seen.append(batch.copy())
+    return _brightest_row(batch)
+
+  clean = np.eye(28, dtype=np.float32)[np.where(labels % 2 == 0, labels, 0)]
+  result = report.robustness(predict, images, labels, seed=3, clean_probabilities=clean)
+  assert len(seen) == 22
+  assert not any(np.array_equal(batch, images) for batch in seen)
+  # The given probabilities, not the model, score level 0: half the labels are odd.
+  for sweep in result.values():
+    assert sweep["accuracy"][sweep["levels"].index(0)] == 0.5
+
+
+def test_shift_each_moves_a_quarter_of_the_rows_each_way():
+  image = np.zeros((28, 28, 1), np.uint8)
+  image[10, 12] = 255
+  moved = report.shift_each(np.stack([image] * 8), 3)
+  ink = [tuple(np.argwhere(m[..., 0])[0]) for m in moved]
+  assert ink == [(10, 15), (10, 9), (13, 12), (7, 12)] * 2
 
 
 def test_robustness_noise_follows_the_seed():
