@@ -6,6 +6,7 @@ import pytest
 import tensorflow as tf
 
 from tfmnist import models
+from tfmnist.models import layers
 from tfmnist.models.layers import Dropout, Noise
 
 NUM_CLASSES = 12  # Not 10, so that a model ignoring num_classes shows.
@@ -133,3 +134,75 @@ def test_batch_norm_statistics_catch_up_within_a_hundred_steps():
                              rtol=0.05)
   np.testing.assert_allclose(layer.moving_mean.numpy(), np.mean(x.numpy(), (0, 1, 2)),
                              rtol=0.01)
+
+
+# ----------------------------------------------------------------------------
+# BatchNorm folded into the layer before it at inference
+# ----------------------------------------------------------------------------
+
+
+def _randomise_batch_norms(model, seed=0):
+  """Moving statistics and affine weights far from their initial values."""
+  rng = np.random.default_rng(seed)
+  found = 0
+  for layer in model._flatten_layers():  # pylint: disable=protected-access
+    if isinstance(layer, keras.layers.BatchNormalization):
+      shape = layer.moving_mean.shape
+      layer.moving_mean.assign(rng.normal(0.0, 0.5, shape))
+      layer.moving_variance.assign(rng.uniform(0.2, 3.0, shape))
+      layer.gamma.assign(rng.uniform(0.5, 2.0, shape))
+      layer.beta.assign(rng.normal(0.0, 0.5, shape))
+      found += 1
+  return found
+
+
+@pytest.mark.parametrize("policy,tolerance", [("float32", 1e-5), ("mixed_bfloat16", 0.05)],
+                         indirect=["policy"])
+@pytest.mark.parametrize("name", ["strided_bn", "fast_cnn4", "deep_cnn", "resnet", "m7"])
+def test_folded_inference_equals_the_plain_layers(name, policy, tolerance, monkeypatch):
+  model = models.create(name, NUM_CLASSES)
+  images = _images(4)
+  model(images, training=False)
+  assert _randomise_batch_norms(model) > 0
+  folded = tf.function(lambda x: model(x, training=False))(images).numpy()
+  monkeypatch.setattr(layers, "_foldable", lambda *args: False)
+  plain = tf.function(lambda x: model(x, training=False))(images).numpy()
+  scale = np.abs(plain).max()
+  np.testing.assert_allclose(folded / scale, plain / scale, atol=tolerance)
+  assert np.abs(folded - plain).max() > 0  # Really another computation.
+
+
+def test_inference_calls_no_batch_norm_and_training_calls_every_one():
+  model = models.create("strided_bn", NUM_CLASSES)
+  model(_images(2), training=False)
+  calls = []
+  for layer in model.stack:
+    if isinstance(layer, keras.layers.BatchNormalization):
+      plain_call = layer.call
+      layer.call = (lambda f: lambda *a, **k: calls.append(1) or f(*a, **k))(plain_call)
+  model(_images(2), training=False)
+  assert not calls
+  model(_images(2), training=True, noise=_noise(global_batch_size=2))
+  assert len(calls) == 7
+
+
+@pytest.mark.parametrize("kind", ["conv_valid", "conv_same_stride2_bias", "dense_bias"])
+def test_fold_of_one_layer(kind):
+  """linear_then_batch_norm against bn(linear(x)) for each supported layer."""
+  linear, x = {
+      "conv_valid": (keras.layers.Conv2D(5, 3, use_bias=False), _images(3)),
+      "conv_same_stride2_bias": (keras.layers.Conv2D(5, 5, 2, padding="same"), _images(3)),
+      "dense_bias": (keras.layers.Dense(7), tf.reshape(_images(3), [3, -1])),
+  }[kind]
+  bn = keras.layers.BatchNormalization()
+  bn(linear(x), training=False)
+  if linear.use_bias:
+    linear.bias.assign(np.linspace(-1, 1, linear.bias.shape[0]))
+  wrapper = keras.Model()
+  wrapper.bn = bn
+  assert _randomise_batch_norms(wrapper, seed=1) == 1
+  np.testing.assert_allclose(layers.linear_then_batch_norm(linear, bn, x).numpy(),
+                             bn(linear(x), training=False).numpy(), rtol=1e-4, atol=1e-5)
+  # Training uses the batch statistics, like the layers themselves.
+  np.testing.assert_array_equal(layers.linear_then_batch_norm(linear, bn, x, training=True),
+                                bn(linear(x), training=True))

@@ -4,7 +4,7 @@ BatchNorm net, and the small BatchNorm nets strided_bn, fast_cnn and fast_cnn4."
 import keras
 
 from tfmnist.models import register
-from tfmnist.models.layers import Dropout, batch_norm, conv_bn_relu
+from tfmnist.models.layers import Dropout, batch_norm, conv_bn_relu, linear_then_batch_norm
 
 L = keras.layers
 
@@ -23,13 +23,21 @@ class Sequence(keras.Model):
 
   def call(self, images, training=False, noise=None):
     x = images
-    for layer in self.stack:
-      if isinstance(layer, Dropout):
+    i = 0
+    while i < len(self.stack):
+      layer = self.stack[i]
+      following = self.stack[i + 1] if i + 1 < len(self.stack) else None
+      if isinstance(layer, (L.Conv2D, L.Dense)) and isinstance(following,
+                                                              L.BatchNormalization):
+        x = linear_then_batch_norm(layer, following, x, training)
+        i += 1
+      elif isinstance(layer, Dropout):
         x = layer(x, training=training, noise=noise)
       elif isinstance(layer, L.BatchNormalization):
         x = layer(x, training=training)
       else:
         x = layer(x)
+      i += 1
     return x
 
 

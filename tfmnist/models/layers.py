@@ -79,3 +79,59 @@ def conv_bn_relu(filters, kernel, stride=1, padding="valid"):
   """[Conv2D without bias, batch_norm, ReLU]: the BatchNorm networks' unit."""
   return [keras.layers.Conv2D(filters, kernel, stride, padding=padding, use_bias=False),
           batch_norm(), keras.layers.ReLU()]
+
+
+def linear_then_batch_norm(linear, bn, x, training=False):
+  """`bn(linear(x))`, with the BatchNorm folded into the Conv2D or Dense at inference.
+
+  At inference BatchNorm is a per-channel affine map, scale = gamma /
+  sqrt(moving_variance + epsilon) and shift = beta - moving_mean * scale.
+  Following a linear layer it is the same linear layer with kernel * scale
+  and bias * scale + shift: one convolution with a bias, which the CPU
+  fuses with the ReLU after it, instead of a convolution followed by
+  BatchNorm's casts and arithmetic over its whole output. The fold is taken from the variables at every call, so it
+  always matches them. Training, and the first call that builds the layers,
+  take the plain path.
+
+  Args:
+    linear: a Conv2D or Dense layer without activation.
+    bn: the BatchNormalization layer that follows it (channels last).
+    x: the input of `linear`.
+    training: training mode (batch statistics): no folding.
+  """
+  if training or not (linear.built and bn.built and _foldable(linear, bn, x)):
+    return bn(linear(x), training=training)
+
+  def read(variable):
+    # Under mixed precision Keras hands out trainable weights already cast to
+    # the compute dtype; the fold itself is computed in float32.
+    return tf.cast(tf.convert_to_tensor(variable), tf.float32)
+
+  scale = tf.math.rsqrt(read(bn.moving_variance) + bn.epsilon)
+  if bn.scale:
+    scale *= read(bn.gamma)
+  shift = -read(bn.moving_mean) * scale
+  if bn.center:
+    shift += read(bn.beta)
+  if linear.use_bias:
+    shift += read(linear.bias) * scale
+  dtype = linear.compute_dtype
+  kernel = tf.cast(read(linear.kernel) * scale, dtype)
+  x = tf.cast(x, dtype)
+  if isinstance(linear, keras.layers.Conv2D):
+    y = tf.nn.conv2d(x, kernel, strides=linear.strides, padding=linear.padding.upper(),
+                     dilations=linear.dilation_rate)
+  else:
+    y = tf.matmul(x, kernel)
+  return tf.cast(tf.nn.bias_add(y, tf.cast(shift, dtype)), bn.compute_dtype)
+
+
+def _foldable(linear, bn, x):
+  """Whether the fold is exact: a plain linear layer, BatchNorm over its last axis."""
+  rank = 4 if isinstance(linear, keras.layers.Conv2D) else 2
+  if len(x.shape) != rank or bn.renorm or bn.axis not in (-1, rank - 1):
+    return False
+  if rank == 4:
+    return (linear.activation is keras.activations.linear and linear.groups == 1
+            and linear.data_format == "channels_last")
+  return isinstance(linear, keras.layers.Dense) and linear.activation is keras.activations.linear

@@ -3,7 +3,7 @@
 import keras
 
 from tfmnist.models import register
-from tfmnist.models.layers import Dropout, batch_norm
+from tfmnist.models.layers import Dropout, batch_norm, linear_then_batch_norm
 
 L = keras.layers
 
@@ -26,8 +26,8 @@ class Block(keras.layers.Layer):
   def call(self, x, training=False):
     y = keras.ops.relu(self.bn1(x, training=training))
     shortcut = self.project(y) if self.project is not None else x
-    y = self.conv1(y)
-    y = self.conv2(keras.ops.relu(self.bn2(y, training=training)))
+    y = linear_then_batch_norm(self.conv1, self.bn2, y, training)
+    y = self.conv2(keras.ops.relu(y))
     return y + shortcut
 
 
