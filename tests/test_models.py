@@ -206,3 +206,39 @@ def test_fold_of_one_layer(kind):
   # Training uses the batch statistics, like the layers themselves.
   np.testing.assert_array_equal(layers.linear_then_batch_norm(linear, bn, x, training=True),
                                 bn(linear(x), training=True))
+
+
+@pytest.mark.parametrize("policy,tolerance", [("float32", 1e-5), ("mixed_bfloat16", 0.02)],
+                         indirect=["policy"])
+def test_fused_training_batch_norm_matches_keras(policy, tolerance):
+  """Outputs, gradients and moving statistics of a training step equal Keras's."""
+  x = tf.random.stateless_normal([6, 5, 5, 4], [1, 2]) * 3.0 + 1.0
+  ours, theirs = layers.batch_norm(), keras.layers.BatchNormalization(momentum=0.9)
+  for layer in (ours, theirs):
+    layer.build(x.shape)
+    layer.gamma.assign([0.5, 1.0, 1.5, 2.0])
+    layer.beta.assign([0.1, -0.2, 0.3, 0.0])
+  upstream = tf.random.stateless_normal([6, 5, 5, 4], [3, 4])
+  results = []
+  for layer in (ours, theirs):
+    with tf.GradientTape() as tape:
+      tape.watch(x)
+      y = layer(x, training=True)
+      loss = tf.reduce_sum(tf.cast(y, tf.float32) * upstream)
+    grads = tape.gradient(loss, [x, layer.gamma, layer.beta])
+    results.append([y] + grads + [layer.moving_mean, layer.moving_variance])
+  for a, b in zip(*results):
+    a, b = np.asarray(tf.cast(a, tf.float32)), np.asarray(tf.cast(b, tf.float32))
+    np.testing.assert_allclose(a, b, atol=tolerance * max(1.0, np.abs(b).max()))
+  assert results[0][0].dtype == results[1][0].dtype
+
+
+def test_fused_training_batch_norm_is_one_op():
+  """One replica: a single fused op. (Two replicas take Keras's synchronised
+  path; test_train compares one- and two-replica BatchNorm runs.)"""
+  x = tf.random.stateless_normal([4, 3, 3, 2], [0, 1])
+  layer = layers.batch_norm()
+  layer.build(x.shape)
+  graph = tf.function(lambda x: layer(x, training=True)).get_concrete_function(x).graph
+  types = [op.type for op in graph.get_operations()]
+  assert types.count("FusedBatchNormV3") == 1 and "Mean" not in types

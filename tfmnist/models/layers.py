@@ -72,7 +72,40 @@ def batch_norm(momentum=0.9, **kwargs):
   batch statistics. The momentum never changes training, only what
   evaluation and export use.
   """
-  return keras.layers.BatchNormalization(synchronized=True, momentum=momentum, **kwargs)
+  return BatchNorm(synchronized=True, momentum=momentum, **kwargs)
+
+
+class BatchNorm(keras.layers.BatchNormalization):
+  """Keras's BatchNormalization, with its one-replica training step as one fused op.
+
+  Keras 3 computes a training step's normalisation as separate reductions,
+  casts and arithmetic over the whole activation, and differentiates through
+  each of them. With one replica and 4-D channels-last inputs this layer
+  calls TensorFlow's fused batch norm instead, whose forward and gradient
+  are one op each, and updates the moving statistics as Keras does. With
+  several replicas the batch statistics must be all-reduced, so Keras's own
+  synchronised path runs. Variables and checkpoints are Keras's.
+  """
+
+  def call(self, inputs, training=None, mask=None):
+    if not (training and self.trainable and mask is None and len(inputs.shape) == 4
+            and self.axis in (-1, 3) and not self.renorm
+            and tf.distribute.get_strategy().num_replicas_in_sync == 1):
+      return super().call(inputs, training=training, mask=mask)
+    channels = inputs.shape[-1]
+    gamma = (tf.cast(tf.convert_to_tensor(self.gamma), tf.float32) if self.scale
+             else tf.ones([channels]))
+    beta = (tf.cast(tf.convert_to_tensor(self.beta), tf.float32) if self.center
+            else tf.zeros([channels]))
+    outputs, mean, variance = tf.compat.v1.nn.fused_batch_norm(
+        inputs, gamma, beta, epsilon=self.epsilon, is_training=True)
+    # The op's variance carries Bessel's correction, n / (n - 1); Keras keeps
+    # the plain batch variance.
+    count = tf.cast(tf.reduce_prod(tf.shape(inputs)[:3]), tf.float32)
+    variance *= (count - 1.0) / count
+    for moving, batch in ((self.moving_mean, mean), (self.moving_variance, variance)):
+      moving.assign(moving * self.momentum + tf.stop_gradient(batch) * (1.0 - self.momentum))
+    return tf.cast(outputs, self.compute_dtype)
 
 
 def conv_bn_relu(filters, kernel, stride=1, padding="valid"):
