@@ -107,7 +107,8 @@ def shift_each(images, pixels):
   """Images moved by `pixels`: left, right, up or down, in turn by row.
 
   Row i goes in direction i mod 4, so each direction moves a quarter of the
-  images (and, the rows being in record order, a quarter of every class).
+  images (and, the classes being shuffled in the records, about a quarter
+  of every class).
   """
   moved = np.empty_like(images)
   for i, (dx, dy) in enumerate(_SHIFT_DIRECTIONS):

@@ -122,9 +122,9 @@ def linear_then_batch_norm(linear, bn, x, training=False):
   Following a linear layer it is the same linear layer with kernel * scale
   and bias * scale + shift: one convolution with a bias, which the CPU
   fuses with the ReLU after it, instead of a convolution followed by
-  BatchNorm's casts and arithmetic over its whole output. The fold is taken from the variables at every call, so it
-  always matches them. Training, and the first call that builds the layers,
-  take the plain path.
+  BatchNorm's casts and arithmetic over its whole output. The fold is taken
+  from the variables at every call, so it always matches them. Training,
+  and the first call that builds the layers, take the plain path.
 
   Args:
     linear: a Conv2D or Dense layer without activation.
