@@ -6,6 +6,7 @@ rows it holds, and each image carries its row in its pixels so that images are
 checked to travel with their labels.
 """
 
+import json
 import logging
 
 import numpy as np
@@ -13,6 +14,7 @@ import pytest
 import tensorflow as tf
 
 from tfmnist import data, records
+from tfmnist.errors import DataError
 
 
 def _split_cpu_in_two():
@@ -445,3 +447,17 @@ def test_write_text_atomically_replaces_whole_files_and_leaves_no_temporary(tmp_
     records.write_text_atomically(str(path), 123)  # Fails after the temporary is open.
   assert path.read_text() == "new\n"
   assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.json"]
+
+
+@pytest.mark.parametrize("key", records.REQUIRED_INFO)
+def test_read_info_names_a_missing_entry(tmp_path, key):
+  folder = tmp_path / "mnist"
+  folder.mkdir()
+  info = {"schema_version": records.SCHEMA_VERSION, "class_names": ["0", "1"], "digits": True,
+          "splits": {}}
+  (folder / records.INFO_FILE).write_text(json.dumps(info))
+  assert records.read_info(str(tmp_path), "mnist") == info
+  del info[key]
+  (folder / records.INFO_FILE).write_text(json.dumps(info))
+  with pytest.raises(DataError, match=rf"info.json: no '{key}' entry; make the records again"):
+    records.read_info(str(tmp_path), "mnist")

@@ -129,7 +129,7 @@ def augment_preview(records_dir, dataset, split, config, path, rows=8, cols=8, s
     ValueError: `config` is invalid for the dataset.
   """
   info = records.read_info(records_dir, dataset)
-  augment.validate(config, info.get("digits", True))
+  augment.validate(config, info["digits"])
   files = records.split_files(records_dir, dataset, split)
   examples = data.read_examples(files[:1])  # One shard holds plenty of images.
   if len(examples) < rows:

@@ -71,7 +71,7 @@ def read_inputs(path, num_classes, split):
     records_dir, dataset = os.path.split(os.path.normpath(path))
     examples = data.read_examples(records.split_files(records_dir, dataset, split))
     labels = examples.label.numpy()
-    digits = records.read_info(records_dir, dataset).get("digits", True)
+    digits = records.read_info(records_dir, dataset)["digits"]
     return Inputs(examples.image.numpy(), ["index", "label"],
                   [(int(i), int(l)) for i, l in zip(examples.index.numpy(), labels)],
                   labels if np.all(labels >= 0) else None, "records", digits)

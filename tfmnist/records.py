@@ -22,6 +22,10 @@ import tensorflow as tf
 from tfmnist.errors import DataError
 
 SCHEMA_VERSION = 1
+# Entries of info.json that readers use without a default. "digits": whether
+# a mirrored image may change class (flips and mirrored test-time views are
+# refused then).
+REQUIRED_INFO = ("class_names", "digits", "splits")
 INFO_FILE = "info.json"
 UNLABELED = -1
 IMAGE_BYTES = 28 * 28
@@ -147,6 +151,9 @@ def read_info(records_dir, dataset):
   if info.get("schema_version") != SCHEMA_VERSION:
     raise DataError(f"{path}: schema version {info.get('schema_version')}, this tfmnist "
                     f"reads version {SCHEMA_VERSION}; make the records again")
+  missing = [key for key in REQUIRED_INFO if key not in info]
+  if missing:
+    raise DataError(f"{path}: no {', '.join(map(repr, missing))} entry; make the records again")
   return info
 
 

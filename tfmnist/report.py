@@ -234,7 +234,7 @@ def write_report(config, predictor):
         f"{predictor.num_classes}")
   class_names = info["class_names"]
 
-  mirror = not info.get("digits", True)
+  mirror = not info["digits"]
 
   def predict(batch):
     return predictor.predict(batch, config.batch_size, config.tta, mirror)

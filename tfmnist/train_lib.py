@@ -468,7 +468,7 @@ def _check_config(config, info, strategy):
   if config.eval_batch_size % replicas:
     raise ValueError(f"eval batch size {config.eval_batch_size} does not divide among "
                      f"{replicas} replicas")
-  augment_lib.validate(config.augment, info.get("digits", False))
+  augment_lib.validate(config.augment, info["digits"])
   if config.validation_split not in info["splits"]:
     raise DataError(f"{config.dataset} has no {config.validation_split!r} split (has "
                     f"{', '.join(info['splits'])}); make the records with --validation_size")

@@ -124,7 +124,7 @@ def measure_test_accuracy(model_dir, records_dir):
   model = inference.load(model_dir)
   result = {"dataset": dataset, "images": len(labels)}
   for prefix, tta in (("", False), ("tta_", True)):
-    predicted = model.predict(images, tta=tta, mirror=not info.get("digits", True))
+    predicted = model.predict(images, tta=tta, mirror=not info["digits"])
     errors = int((predicted.argmax(axis=1) != labels).sum())
     result.update({f"{prefix}errors": errors, f"{prefix}accuracy": 1.0 - errors / len(labels)})
   return result
