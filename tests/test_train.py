@@ -20,7 +20,7 @@ from tensorboard.backend.event_processing import event_accumulator
 from tensorboard.plugins.hparams import plugin_data_pb2
 
 import train_fixtures as tfx
-from tfmnist import optim, records, schedules, train_lib
+from tfmnist import optim, prepare, records, schedules, train_lib
 from tfmnist.errors import DataError
 
 STEPS_PER_EPOCH = 15  # 480 train images / global batch 32.
@@ -296,6 +296,24 @@ def test_missing_records_without_source_name_make_records(tmp_path, monkeypatch)
   assert "\n" not in message
   assert f"python tools/make_records.py --dataset=mnist --output_dir={tmp_path / 'records'}" \
       in message
+
+
+def test_records_another_worker_prepared_meanwhile_are_used(tmp_path, monkeypatch, capsys):
+  # Every worker of a cluster finds the records missing and prepares them;
+  # the ones whose copy lands second get a DataError and read the winner's.
+  source = tfx.write_idx_dir(tmp_path / "idx")
+  records_dir = tmp_path / "records"
+  config = tfx.train_config(tmp_path / "run", records_dir, source_dir=str(source))
+  real = prepare.make_records
+
+  def lose_the_race(prepare_config):
+    real(prepare_config)  # The other worker's copy.
+    raise DataError(f"{records_dir}/mnist: another process wrote it meanwhile; kept that one")
+
+  monkeypatch.setattr(prepare, "make_records", lose_the_race)
+  info = train_lib.ensure_records(config)
+  assert info == records.read_info(str(records_dir), "mnist")
+  assert "another process prepared" in capsys.readouterr().out
 
 
 def test_missing_records_are_prepared_from_idx_source_dir(tmp_path, capsys):

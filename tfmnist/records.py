@@ -11,10 +11,12 @@ A dataset is a folder `<records_dir>/<dataset>/` of
 """
 
 import contextlib
+import errno
 import glob
 import json
 import os
 import shutil
+import socket
 
 import numpy as np
 import tensorflow as tf
@@ -90,6 +92,10 @@ def write_split(folder, split, images, labels, indices, ids, num_shards, progres
   return shards
 
 
+# Write failures that are about the destination, not about the data.
+_WRITE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EFBIG)
+
+
 @contextlib.contextmanager
 def atomic_folder(final_path, overwrite=False):
   """Yields a temporary folder that replaces `final_path` only on success.
@@ -98,25 +104,59 @@ def atomic_folder(final_path, overwrite=False):
   rename is atomic) and is deleted when the body raises. An existing
   destination is replaced only with `overwrite`, and removed only after the
   new folder is in place.
+
+  Without `overwrite`, a destination that another process (another worker
+  of a cluster) put in place while the body ran is kept, and this copy is
+  dropped with a DataError. A full disk, a quota or a read-only or
+  forbidden destination is a DataError too, with nothing left behind.
   """
   parent, name = os.path.split(os.path.abspath(final_path))
   if os.path.exists(final_path) and not overwrite:
     raise DataError(f"{final_path}: already exists; pass --overwrite to replace it")
-  os.makedirs(parent, exist_ok=True)
-  tmp = os.path.join(parent, f".{name}.tmp-{os.getpid()}")
-  shutil.rmtree(tmp, ignore_errors=True)
-  os.makedirs(tmp)
   try:
-    yield tmp
+    os.makedirs(parent, exist_ok=True)
+    # Host and pid: workers of a cluster may share the parent folder.
+    tmp = os.path.join(parent, f".{name}.tmp-{socket.gethostname()}-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(tmp)
+  except OSError as e:
+    raise DataError(f"{final_path}: cannot write here: {e.strerror}") from None
+  try:
+    try:
+      yield tmp
+    except (OSError, tf.errors.OpError) as e:
+      reason = _write_failure(e)
+      if reason is None:
+        raise
+      raise DataError(f"{final_path}: cannot write: {reason}; nothing was written") from None
     old = None
     if os.path.exists(final_path):
-      old = os.path.join(parent, f".{name}.old-{os.getpid()}")
+      if not overwrite:
+        raise DataError(f"{final_path}: another process wrote it meanwhile; kept that one")
+      old = os.path.join(parent, f".{name}.old-{socket.gethostname()}-{os.getpid()}")
       os.replace(final_path, old)
-    os.replace(tmp, final_path)
+    try:
+      os.replace(tmp, final_path)
+    except OSError as e:  # Another process's folder landed first (ENOTEMPTY).
+      if old:
+        os.replace(old, final_path)
+      raise DataError(f"{final_path}: another process wrote it meanwhile; kept that one "
+                      f"({e.strerror})") from None
     if old:
       shutil.rmtree(old, ignore_errors=True)
   finally:
     shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _write_failure(error):
+  """The reason, when `error` says the destination refused the bytes; else None."""
+  if isinstance(error, OSError):
+    return error.strerror if error.errno in _WRITE_ERRNOS else None
+  message = str(getattr(error, "message", error))
+  for code in _WRITE_ERRNOS:
+    if os.strerror(code).lower() in message.lower():
+      return os.strerror(code)
+  return None
 
 
 def write_text_atomically(path, text):
@@ -130,6 +170,11 @@ def write_text_atomically(path, text):
     with open(tmp, "w", newline="") as f:
       f.write(text)
     os.replace(tmp, path)
+  except OSError as e:
+    reason = _write_failure(e)
+    if reason is None:
+      raise
+    raise DataError(f"{path}: cannot write: {reason}; nothing was written") from None
   finally:
     if os.path.exists(tmp):
       os.remove(tmp)
