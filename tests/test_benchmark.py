@@ -119,3 +119,33 @@ def test_missing_records_stop_before_measuring_and_write_nothing(tmp_path):
   errors = tfx.clean_stderr(result.stderr).strip().splitlines()
   assert len(errors) == 1 and "none" in errors[0], tfx.describe(result)
   assert not output_dir.exists()
+
+
+_TIMER_SCRIPT = """
+import sys, time
+sys.path.insert(0, sys.argv[1])
+import keras, numpy as np
+import benchmark_fit
+
+class Slow(keras.callbacks.Callback):
+  def on_train_batch_begin(self, batch, logs=None):
+    time.sleep(0.05)
+  def on_train_end(self, logs=None):
+    time.sleep(1.0)  # What fit sometimes spends before it returns.
+
+model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
+model.compile(optimizer="sgd", loss="mse")
+timer = benchmark_fit._Timer(warmup_steps=2, last_step=6)
+start = time.perf_counter()
+model.fit(np.zeros((6, 4)), np.zeros((6, 2)), batch_size=1, epochs=1, verbose=0,
+          callbacks=[Slow(), timer])
+print(timer.stop - timer.start, time.perf_counter() - start)
+"""
+
+
+def test_fit_timer_counts_the_timed_steps_and_not_fits_return():
+  result = tfx.check(tfx.run([tfx.PYTHON, "-c", _TIMER_SCRIPT, str(tfx.REPO_ROOT / "tools")]))
+  timed, whole = map(float, result.stdout.split())
+  # Steps 3-6 each sleep 0.05 s; the 1 s after the last step is fit's, not theirs.
+  assert 0.2 <= timed < 0.7
+  assert whole > 1.2
