@@ -122,13 +122,8 @@ def atomic_folder(final_path, overwrite=False):
   except OSError as e:
     raise DataError(f"{final_path}: cannot write here: {e.strerror}") from None
   try:
-    try:
+    with _refused_writes(final_path):
       yield tmp
-    except (OSError, tf.errors.OpError) as e:
-      reason = _write_failure(e)
-      if reason is None:
-        raise
-      raise DataError(f"{final_path}: cannot write: {reason}; nothing was written") from None
     old = None
     if os.path.exists(final_path):
       if not overwrite:
@@ -159,6 +154,18 @@ def _write_failure(error):
   return None
 
 
+@contextlib.contextmanager
+def _refused_writes(path):
+  """Turns a refused write (full disk, quota, read-only...) into a one-line DataError."""
+  try:
+    yield
+  except (OSError, tf.errors.OpError) as e:
+    reason = _write_failure(e)
+    if reason is None:
+      raise
+    raise DataError(f"{path}: cannot write: {reason}; nothing was written") from None
+
+
 def write_text_atomically(path, text):
   """Writes `text` to `path` under a temporary name, then renames it into place.
 
@@ -167,14 +174,10 @@ def write_text_atomically(path, text):
   """
   tmp = f"{path}.tmp-{os.getpid()}"
   try:
-    with open(tmp, "w", newline="") as f:
-      f.write(text)
-    os.replace(tmp, path)
-  except OSError as e:
-    reason = _write_failure(e)
-    if reason is None:
-      raise
-    raise DataError(f"{path}: cannot write: {reason}; nothing was written") from None
+    with _refused_writes(path):
+      with open(tmp, "w", newline="") as f:
+        f.write(text)
+      os.replace(tmp, path)
   finally:
     if os.path.exists(tmp):
       os.remove(tmp)
