@@ -132,15 +132,13 @@ def ensure_records(config):
     try:  # Another worker of the cluster may have prepared them meanwhile.
       info = records.read_info(config.records_dir, config.dataset)
     except DataError:
-      info = None
-    if info is not None:
-      print(f"Using the records of {config.dataset} that another process prepared.")
-      return info
-    raise DataError(
-        f"no records for {config.dataset} and they could not be prepared ({e}); run "
-        f"`python tools/make_records.py --dataset={config.dataset} "
-        f"--output_dir={config.records_dir}` with a --source_dir or --train_csv of local "
-        "files") from None
+      raise DataError(
+          f"no records for {config.dataset} and they could not be prepared ({e}); run "
+          f"`python tools/make_records.py --dataset={config.dataset} "
+          f"--output_dir={config.records_dir}` with a --source_dir or --train_csv of local "
+          "files") from None
+    print(f"Using the records of {config.dataset} that another process prepared.")
+    return info
   return records.read_info(config.records_dir, config.dataset)
 
 
