@@ -445,6 +445,59 @@ def test_rerunning_a_finished_run_keeps_its_metrics(tmp_path, records_dir):
   assert _metrics(model_dir)["val_accuracy"] == first["val_accuracy"]
 
 
+def test_refit_trains_on_train_and_validation_without_validating(tmp_path, records_dir, capsys):
+  model_dir = tmp_path / "refit"
+  fields = dict(train_splits=("train", "validation"), validation_split="",
+                global_batch_size=40, epochs=2, export=True)
+  final = tfx.train_in_process(model_dir, records_dir, **fields)
+  # 600 images make 15 steps of 40 an epoch; train alone (480) would make 12.
+  assert final["step"] == 2 * 15
+  assert final["epochs"] == 2.0
+  assert not [key for key in final if key.startswith("val_")]
+  assert _checkpoint_steps(str(model_dir / "checkpoints")) == [15, 30]
+  assert not _checkpoint_steps(str(model_dir / "best"))
+  assert not os.path.exists(model_dir / "logs" / "validation")
+  assert os.path.exists(model_dir / "export" / "saved_model.pb")
+  assert "step 15: checkpoint saved (no validation split)" in capsys.readouterr().out
+  # A rerun of the finished run trains and evaluates nothing.
+  assert tfx.train_in_process(model_dir, records_dir, **fields) == final
+
+
+@pytest.mark.parametrize("fields, message", [
+    (dict(train_splits=("train", "validation")),
+     "--validation_split=validation is also in --train_splits; pass --validation_split= to "
+     "train without validation"),
+    (dict(validation_split="", early_stopping_patience=2),
+     "--early_stopping_patience needs a validation split; drop it or pass --validation_split"),
+    (dict(validation_split="", early_stopping_patience=2,
+          plateau=schedules.PlateauConfig(monitor="val_loss")),
+     "--plateau_monitor and --early_stopping_patience need a validation split; drop them or "
+     "pass --validation_split"),
+    (dict(train_splits=()), "--train_splits is empty; name the splits to train on"),
+])
+def test_refit_settings_that_cannot_work_are_refused(tmp_path, records_dir, fields, message):
+  with pytest.raises(ValueError) as raised:
+    tfx.train_in_process(tmp_path / "run", records_dir, **fields)
+  assert str(raised.value) == message
+  assert not os.path.exists(tmp_path / "run" / "checkpoints")
+
+
+def test_refit_flags_reach_the_config_and_clash_in_one_line(tmp_path, records_dir):
+  args = tfx.train_args(str(tmp_path / "run"), records_dir, "--train_splits=train,validation")
+  result = tfx.run(tfx.train_command(args))
+  assert result.returncode == 1
+  assert _error_lines(result.stderr) == [
+      "train: error: --validation_split=validation is also in --train_splits; pass "
+      "--validation_split= to train without validation"]
+  assert not os.path.exists(tmp_path / "run" / "checkpoints")
+
+
+def test_a_train_split_the_records_lack_is_refused(tmp_path, records_dir):
+  with pytest.raises(DataError, match=r"^mnist has no 'extra' split \(has train, validation, "
+                     r"test\)$"):
+    tfx.train_in_process(tmp_path / "run", records_dir, train_splits=("train", "extra"))
+
+
 def test_rerunning_an_early_stopped_run_trains_no_further(tmp_path, records_dir):
   fields = dict(epochs=10, learning_rate=0.0, early_stopping_patience=1, global_batch_size=96)
   first = tfx.train_in_process(tmp_path / "run", records_dir, **fields)

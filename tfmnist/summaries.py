@@ -85,17 +85,18 @@ def image_grid(images, columns=8):
 
 
 class Writers:
-  """The run's TensorBoard writers (no-ops off the chief)."""
+  """The run's TensorBoard writers (no-ops off the chief, and for validation without it)."""
 
-  def __init__(self, log_dir, enabled=True):
+  def __init__(self, log_dir, enabled=True, validation=True):
     self.log_dir = log_dir
+    noop = tf.summary.create_noop_writer()
+    self.train_writer = self.validation_writer = self.run_writer = noop
     if enabled:
       self.train_writer = tf.summary.create_file_writer(os.path.join(log_dir, "train"))
-      self.validation_writer = tf.summary.create_file_writer(os.path.join(log_dir, "validation"))
       self.run_writer = tf.summary.create_file_writer(log_dir)
-    else:
-      self.train_writer = self.validation_writer = self.run_writer = (
-          tf.summary.create_noop_writer())
+      if validation:
+        self.validation_writer = tf.summary.create_file_writer(
+            os.path.join(log_dir, "validation"))
 
   def run_start(self, config, info, examples):
     """Flags as text, hparams, and a grid of augmented samples."""

@@ -20,8 +20,12 @@ _DATASET = flags.DEFINE_string("dataset", "mnist", "Dataset folder name under --
 _RECORDS_DIR = flags.DEFINE_string("records_dir", "records", "Folder of prepared records.")
 _SOURCE_DIR = flags.DEFINE_string(
     "source_dir", "", "Local IDX/NPZ files to prepare the records from when they are missing.")
-_VALIDATION_SPLIT = flags.DEFINE_string("validation_split", "validation",
-                                        "Split evaluated after every epoch.")
+_TRAIN_SPLITS = flags.DEFINE_list(
+    "train_splits", ["train"], "Splits trained on; train,validation refits a recipe chosen "
+    "on validation on all labelled images (with --validation_split=).")
+_VALIDATION_SPLIT = flags.DEFINE_string(
+    "validation_split", "validation", "Split evaluated after every epoch; empty: none (no "
+    "best checkpoint, reduce-on-plateau or early stopping).")
 _SHARDING = flags.DEFINE_enum("sharding", "auto", ("auto", "file", "data"),
                               "How workers split the training shards.")
 # Model and length.
@@ -125,7 +129,8 @@ def config_from_flags():
       checkpoint_every_steps=_CKPT_STEPS.value, keep_checkpoints=_KEEP.value,
       early_stopping_patience=_EARLY_STOP.value,
       augment=augment_flags.augment_config(),
-      sharding=_SHARDING.value, validation_split=_VALIDATION_SPLIT.value,
+      sharding=_SHARDING.value, train_splits=tuple(_TRAIN_SPLITS.value),
+      validation_split=_VALIDATION_SPLIT.value,
       export=_EXPORT.value, export_dir=_EXPORT_DIR.value, progress=_PROGRESS.value,
       flags_text=flags_text())
 
@@ -146,8 +151,9 @@ def main(argv):
     sys.exit(f"train: error: {e}")
   if final.get("preempted"):
     sys.exit(143)
-  print(f"done: step {final['step']}, val_accuracy "
-        f"{final.get('val_accuracy', float('nan')):.4%}; run folder {config.model_dir}")
+  validation = (f", val_accuracy {final['val_accuracy']:.4%}" if "val_accuracy" in final
+                else "")
+  print(f"done: step {final['step']}{validation}; run folder {config.model_dir}")
 
 
 def run():

@@ -71,7 +71,8 @@ class TrainConfig:
   augment: augment_lib.AugmentConfig = dataclasses.field(
       default_factory=augment_lib.AugmentConfig)
   sharding: str = "auto"
-  validation_split: str = "validation"
+  train_splits: tuple = ("train",)
+  validation_split: str = "validation"  # Empty: no validation.
   export: bool = True
   export_dir: str = ""  # Empty: <model_dir>/export.
   progress: bool = True
@@ -474,9 +475,24 @@ def _check_config(config, info, strategy):
     raise ValueError(f"eval batch size {config.eval_batch_size} does not divide among "
                      f"{replicas} replicas")
   augment_lib.validate(config.augment, info["digits"])
-  if config.validation_split not in info["splits"]:
-    raise DataError(f"{config.dataset} has no {config.validation_split!r} split (has "
-                    f"{', '.join(info['splits'])}); make the records with --validation_size")
+  for split in (*config.train_splits, config.validation_split):
+    if split and split not in info["splits"]:
+      hint = "; make the records with --validation_size" if split == "validation" else ""
+      raise DataError(f"{config.dataset} has no {split!r} split (has "
+                      f"{', '.join(info['splits'])}){hint}")
+  if not config.train_splits:
+    raise ValueError("--train_splits is empty; name the splits to train on")
+  if config.validation_split in config.train_splits:
+    raise ValueError(f"--validation_split={config.validation_split} is also in --train_splits; "
+                     "pass --validation_split= to train without validation")
+  if not config.validation_split:
+    needs = [name for name, used in (("--plateau_monitor", config.plateau.monitor),
+                                     ("--early_stopping_patience",
+                                      config.early_stopping_patience)) if used]
+    if needs:
+      several = len(needs) > 1
+      raise ValueError(f"{' and '.join(needs)} need{'' if several else 's'} a validation split; "
+                       f"drop {'them' if several else 'it'} or pass --validation_split")
 
 
 @dataclasses.dataclass
@@ -489,7 +505,8 @@ class SetUp:
   steps_per_epoch: int
   total_steps: int
   per_replica_batch_size: int
-  val_examples: data.Examples
+  val_examples: Optional[data.Examples]  # None: the run has no validation.
+  sample_examples: data.Examples  # Build the model and show augmentation.
   run: Run
 
 
@@ -501,18 +518,24 @@ def _set_up(config):
   strategy = create_strategy(config)
   info = ensure_records(config)
   _check_config(config, info, strategy)
-  train_files = records.split_files(config.records_dir, config.dataset, "train")
-  shard_counts = [s["count"] for s in info["splits"]["train"]["shards"]]
-  val_files = records.split_files(config.records_dir, config.dataset, config.validation_split)
+  train_files, shard_counts = [], []
+  for split in config.train_splits:
+    train_files += records.split_files(config.records_dir, config.dataset, split)
+    shard_counts += [s["count"] for s in info["splits"][split]["shards"]]
   steps_per_epoch = data.pipeline_steps(shard_counts, config.global_batch_size,
                                         data.num_input_pipelines(strategy), config.sharding)
   total_steps = int(math.ceil(config.epochs * steps_per_epoch))
   per_replica = config.global_batch_size // strategy.num_replicas_in_sync
-  val_examples = data.read_examples(val_files)
-  run = create_run(config, strategy, info, val_examples.image[:per_replica], total_steps,
+  val_examples = None
+  if config.validation_split:
+    val_examples = data.read_examples(
+        records.split_files(config.records_dir, config.dataset, config.validation_split))
+  samples = (val_examples if val_examples is not None else
+             data.read_examples(train_files[:1]))
+  run = create_run(config, strategy, info, samples.image[:per_replica], total_steps,
                    steps_per_epoch)
   return SetUp(strategy, info, train_files, shard_counts, steps_per_epoch, total_steps,
-               per_replica, val_examples, run)
+               per_replica, val_examples, samples, run)
 
 
 def export_dir_of(config):
@@ -592,13 +615,16 @@ def train_and_evaluate(config):
   dataset, _ = data.distribute_train(strategy, train_files, shard_counts,
                                      config.global_batch_size, config.seed, start_step,
                                      config.sharding)
-  val_dataset = data.distribute_eval(strategy, val_examples, config.eval_batch_size)
+  val_dataset = None
+  if val_examples is not None:
+    val_dataset = data.distribute_eval(strategy, val_examples, config.eval_batch_size)
   iterator = iter(dataset)
   train_loop = make_train_loop(config, run, per_replica)
   eval_fn = make_eval_fn(run)
-  writer = summaries.Writers(os.path.join(work_dir, "logs"), enabled=is_chief)
+  writer = summaries.Writers(os.path.join(work_dir, "logs"), enabled=is_chief,
+                             validation=val_dataset is not None)
   if start_step == 0:
-    writer.run_start(config, info, val_examples)
+    writer.run_start(config, info, setup.sample_examples)
 
   val_metrics, preempted = {}, False
   # A run that early stopping ended stays ended when its command is rerun.
@@ -657,7 +683,8 @@ def train_and_evaluate(config):
   if preempted:
     summaries.cleanup_worker_dir(work_dir, config.model_dir)
     return {"preempted": True, "step": step}
-  if not val_metrics:  # Nothing was left to train (a rerun of a finished run).
+  # Nothing was left to train (a rerun of a finished run).
+  if not val_metrics and val_dataset is not None:
     with EmaWeights(run):
       val_metrics, _ = evaluate(run, eval_fn, val_dataset)
   seconds = time.perf_counter() - started
@@ -688,6 +715,10 @@ def _read_metrics(model_dir):
 def _end_epoch(config, run, eval_fn, val_dataset, val_examples, info, writer, manager,
                best_manager, step):
   """Validation, plateau, best checkpoint, early stopping and the epoch checkpoint."""
+  if val_dataset is None:
+    save_checkpoint(manager, step)
+    print(f"step {step}: checkpoint saved (no validation split)")
+    return {}, False
   with EmaWeights(run):
     metrics, wrong = evaluate(run, eval_fn, val_dataset)
   reduced = run.plateau.update({"val_accuracy": metrics["accuracy"],
