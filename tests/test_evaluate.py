@@ -123,6 +123,26 @@ def test_dataset_with_another_class_count(setup):
   assert not os.path.exists(os.path.join(setup.five_run, "logs", "eval_test"))
 
 
+def test_a_split_the_model_trained_on_is_flagged(setup, tmp_path):
+  run_dir = tfx.copy_tree(setup.run_dir, tmp_path / "refit")
+  manifest_path = os.path.join(run_dir, "manifest.json")
+  with open(manifest_path) as f:
+    manifest = json.load(f)
+  assert manifest["train_splits"] == ["train"]
+  manifest["train_splits"] = ["train", "validation"]
+  with open(manifest_path, "w") as f:
+    json.dump(manifest, f)
+  report_line = "**The model trained on this split**"
+  for split, flagged in (("validation", True), ("test", False)):
+    result = tfx.check(_evaluate(f"--model_dir={run_dir}", f"--split={split}",
+                                 "--norobustness"))
+    warning = (f"evaluate: warning: {run_dir} trained on the validation split; its figures "
+               "there measure fit, not accuracy on new images")
+    assert (warning in tfx.clean_stderr(result.stderr).splitlines()) == flagged
+    with open(os.path.join(run_dir, "eval", split, "report.md")) as f:
+      assert (report_line in f.read()) == flagged
+
+
 def test_run_without_export_or_checkpoints(setup):
   """A run folder with nothing to load: one-line error naming it, nothing written."""
   _assert_one_line_error(setup.results["bare"].result(), setup.bare_run)

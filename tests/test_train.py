@@ -459,6 +459,8 @@ def test_refit_trains_on_train_and_validation_without_validating(tmp_path, recor
   assert not os.path.exists(model_dir / "logs" / "validation")
   assert os.path.exists(model_dir / "export" / "saved_model.pb")
   assert "step 15: checkpoint saved (no validation split)" in capsys.readouterr().out
+  with open(model_dir / "manifest.json") as f:
+    assert json.load(f)["train_splits"] == ["train", "validation"]
   # A rerun of the finished run trains and evaluates nothing.
   assert tfx.train_in_process(model_dir, records_dir, **fields) == final
 

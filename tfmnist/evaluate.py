@@ -48,9 +48,13 @@ def main(argv):
   # An export folder is replaced whole by the next export: its report goes beside it.
   is_export = os.path.exists(os.path.join(model_dir, "saved_model.pb"))
   output_dir = os.path.normpath(model_dir) + "_eval" if is_export else model_dir
-  dataset, records_dir = inference.run_settings(model_dir)
-  dataset = _DATASET.value or dataset
-  records_dir = _RECORDS_DIR.value or records_dir
+  settings = inference.run_settings(model_dir)
+  dataset = _DATASET.value or settings.dataset
+  records_dir = _RECORDS_DIR.value or settings.records_dir
+  trained_on_split = dataset == settings.dataset and _SPLIT.value in settings.train_splits
+  if trained_on_split:
+    print(f"evaluate: warning: {model_dir} trained on the {_SPLIT.value} split; its figures "
+          "there measure fit, not accuracy on new images", file=sys.stderr)
   try:
     if not dataset:
       raise DataError(f"{model_dir}: no manifest.json naming the dataset; pass --dataset")
@@ -60,7 +64,7 @@ def main(argv):
         split=_SPLIT.value,
         top_mistakes=_TOP_MISTAKES.value, robustness=_ROBUSTNESS.value,
         robustness_images=_ROBUSTNESS_IMAGES.value, seed=_SEED.value,
-        batch_size=_BATCH.value, tta=_TTA.value), predictor)
+        batch_size=_BATCH.value, tta=_TTA.value, trained_on_split=trained_on_split), predictor)
   except (DataError, ValueError) as e:
     sys.exit(f"evaluate: error: {e}")
   print(f"{dataset} {_SPLIT.value}: accuracy {result['accuracy']:.4%} "

@@ -14,6 +14,7 @@ import os
 import subprocess
 import sys
 import tempfile
+from typing import NamedTuple
 
 import numpy as np
 import tensorflow as tf
@@ -149,13 +150,22 @@ def load(model_dir, checkpoint="", records_dir=""):
   return predictor
 
 
+class RunSettings(NamedTuple):
+  """What a run trained on; empty when the folder does not say (e.g. an export)."""
+  dataset: str
+  records_dir: str
+  train_splits: tuple
+
+
 def run_settings(model_dir):
-  """(dataset, records_dir) the run was trained on, from its manifest and flags."""
-  dataset, records_dir = "", ""
+  """The RunSettings of a run folder, from its manifest and flags."""
+  dataset, records_dir, train_splits = "", "", ()
   try:
     with open(os.path.join(model_dir, "manifest.json")) as f:
-      dataset = json.load(f).get("dataset", "")
-  except (OSError, ValueError):
+      manifest = json.load(f)
+    dataset = manifest.get("dataset", "")
+    train_splits = tuple(manifest.get("train_splits", ["train"]))
+  except (OSError, ValueError, AttributeError):
     pass
   try:
     with open(os.path.join(model_dir, "flags.txt")) as f:
@@ -164,7 +174,7 @@ def run_settings(model_dir):
           records_dir = line.strip().split("=", 1)[1]
   except OSError:
     pass
-  return dataset, records_dir or "records"
+  return RunSettings(dataset, records_dir or "records", train_splits)
 
 
 def expand_model_dirs(patterns):

@@ -44,6 +44,7 @@ class ReportConfig:
     batch_size: images per call of the model.
     tta: test-time augmentation: one-pixel shifts, and mirror images too when
       the dataset's info.json says its classes are not digits.
+    trained_on_split: the model learned from these images; the report says so.
   """
   model_dir: str
   output_dir: str = ""
@@ -56,6 +57,7 @@ class ReportConfig:
   seed: int = 0
   batch_size: int = 1000
   tta: bool = False
+  trained_on_split: bool = False
 
 
 def read_split(records_dir, dataset, split):
@@ -185,6 +187,9 @@ def _markdown(config, source, result, robust, robust_images, figure_names, secon
   lines = [f"# Evaluation of {config.model_dir} on {config.dataset} / {config.split}", "",
            f"Model: `{source}`{tta}. "
            f"{result['count']} images, evaluated in {seconds:.1f} s.", "",
+           *([f"**The model trained on this split**: these figures measure how well it "
+              "fits its training images, not its accuracy on new ones.", ""]
+             if config.trained_on_split else []),
            "| metric | value |", "| --- | --- |",
            f"| accuracy | {result['accuracy']:.4%} |",
            f"| errors | {result['error_count']} of {result['count']} |",

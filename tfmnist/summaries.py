@@ -62,6 +62,7 @@ def write_run_files(config, info, model_dir):
       "keras": keras.__version__, "numpy": np.__version__,
       "python": platform.python_version(), "command": " ".join(sys.argv),
       "seed": config.seed, "dataset": config.dataset, "model": config.model,
+      "train_splits": list(config.train_splits),
       "records": {split: [{"file": s["file"], "sha256": s.get("sha256")}
                           for s in summary["shards"]]
                   for split, summary in info["splits"].items()},

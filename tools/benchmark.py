@@ -119,7 +119,7 @@ def measure_test_accuracy(model_dir, records_dir):
   mirror images when the dataset is not digits), from one load of the model.
   """
   from tfmnist import inference, report  # pylint: disable=g-import-not-at-top
-  dataset, _ = inference.run_settings(model_dir)
+  dataset = inference.run_settings(model_dir).dataset
   info, images, labels = report.read_split(records_dir, dataset, "test")
   model = inference.load(model_dir)
   result = {"dataset": dataset, "images": len(labels)}
