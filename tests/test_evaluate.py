@@ -132,15 +132,20 @@ def test_a_split_the_model_trained_on_is_flagged(setup, tmp_path):
   manifest["train_splits"] = ["train", "validation"]
   with open(manifest_path, "w") as f:
     json.dump(manifest, f)
+  # An ensemble export inherits the dataset, records and training splits.
+  ensemble_dir = str(tmp_path / "ensemble")
+  inference.Ensemble([inference.load(run_dir)],
+                     inference.ensemble_settings([run_dir, setup.run_dir])).export(ensemble_dir)
   report_line = "**The model trained on this split**"
-  for split, flagged in (("validation", True), ("test", False)):
-    result = tfx.check(_evaluate(f"--model_dir={run_dir}", f"--split={split}",
-                                 "--norobustness"))
-    warning = (f"evaluate: warning: {run_dir} trained on the validation split; its figures "
-               "there measure fit, not accuracy on new images")
-    assert (warning in tfx.clean_stderr(result.stderr).splitlines()) == flagged
-    with open(os.path.join(run_dir, "eval", split, "report.md")) as f:
-      assert (report_line in f.read()) == flagged
+  for model_dir, report_dir in ((run_dir, run_dir), (ensemble_dir, ensemble_dir + "_eval")):
+    for split, flagged in (("validation", True), ("test", False)):
+      result = tfx.check(_evaluate(f"--model_dir={model_dir}", f"--split={split}",
+                                   "--norobustness"))
+      warning = (f"evaluate: warning: {model_dir} trained on the validation split; its "
+                 "figures there measure fit, not accuracy on new images")
+      assert (warning in tfx.clean_stderr(result.stderr).splitlines()) == flagged
+      with open(os.path.join(report_dir, "eval", split, "report.md")) as f:
+        assert (report_line in f.read()) == flagged
 
 
 def test_run_without_export_or_checkpoints(setup):

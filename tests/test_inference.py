@@ -5,6 +5,7 @@ augmentation and ensembles.
 flags.txt) is also used by test_report, test_predict and test_evaluate.
 """
 
+import json
 import os
 import re
 import shutil
@@ -350,3 +351,27 @@ def test_expand_model_dirs_without_a_match(tmp_path):
     with pytest.raises(DataError, match="no run folder matches") as error:
       inference.expand_model_dirs([str(tmp_path), pattern])
     assert pattern in str(error.value)
+
+
+def test_ensemble_settings_keep_what_the_members_agree_on(tmp_path):
+  def run(name, dataset, splits=None, records_dir=""):
+    folder = tmp_path / name
+    folder.mkdir()
+    manifest = {"dataset": dataset}
+    if splits is not None:
+      manifest["train_splits"] = splits
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    if records_dir:
+      (folder / "flags.txt").write_text(f"--model=mlp\n--records_dir={records_dir}\n")
+    return str(folder)
+
+  refit = run("refit", "mnist", ["train", "validation"], "/data/records")
+  older = run("older", "mnist", None, "/data/records")  # Before manifests named the splits.
+  bare = str(tmp_path / "bare")  # An export folder alone says nothing.
+  os.mkdir(bare)
+  assert inference.ensemble_settings([refit, older, bare]) == inference.RunSettings(
+      "mnist", "/data/records", ("train", "validation"))
+  fashion = run("fashion", "fashion_mnist", ["train"], "/other")
+  assert inference.ensemble_settings([refit, fashion]) == inference.RunSettings(
+      "", "", ("train", "validation"))
+  assert inference.run_settings(bare) == inference.RunSettings("", "", ())

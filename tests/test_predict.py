@@ -284,6 +284,13 @@ def test_two_model_dirs_make_an_ensemble(setup):
   # Neither model alone gives these probabilities.
   for member in (setup.predictor, setup.member):
     assert np.abs(member.predict(pixels).max(-1) - printed).max() > 1e-3
+  with open(os.path.join(setup.ensemble_export, "manifest.json")) as f:
+    manifest = json.load(f)
+  # The member without a manifest leaves the dataset and records to the other.
+  assert manifest == {"dataset": "mnist", "records_dir": setup.records_dir,
+                      "train_splits": ["train"],
+                      "members": [os.path.join(setup.run_dir, "export"),
+                                  os.path.join(setup.member_dir, "export")]}
   loaded = tf.saved_model.load(setup.ensemble_export)
   served = loaded.signatures["serving_default"](images=tf.constant(setup.digit_images))
   np.testing.assert_allclose(served["probabilities"].numpy(),

@@ -50,7 +50,7 @@ def main(argv):
   output_dir = os.path.normpath(model_dir) + "_eval" if is_export else model_dir
   settings = inference.run_settings(model_dir)
   dataset = _DATASET.value or settings.dataset
-  records_dir = _RECORDS_DIR.value or settings.records_dir
+  records_dir = _RECORDS_DIR.value or settings.records_dir or "records"
   trained_on_split = dataset == settings.dataset and _SPLIT.value in settings.train_splits
   if trained_on_split:
     print(f"evaluate: warning: {model_dir} trained on the {_SPLIT.value} split; its figures "

@@ -8,6 +8,7 @@ as the asset `class_names.txt`, so the model loads and runs with plain
 TensorFlow in a program that never imports tfmnist.
 """
 
+import json
 import os
 import shutil
 
@@ -70,7 +71,7 @@ class ServingModule(tf.Module):
             "classes": tf.argmax(probabilities, axis=-1)}
 
 
-def export(models, class_names, export_dir):
+def export(models, class_names, export_dir, manifest=None):
   """Writes the SavedModel to `export_dir` atomically (temporary folder, rename).
 
   Args:
@@ -78,6 +79,8 @@ def export(models, class_names, export_dir):
       whose probabilities are averaged.
     class_names: names in label order.
     export_dir: destination; replaced if it exists.
+    manifest: a dict written beside the model as manifest.json (an
+      ensemble's settings), or None.
   """
   if not isinstance(models, (list, tuple)):
     models = [models]
@@ -89,4 +92,7 @@ def export(models, class_names, export_dir):
     module = ServingModule(models, names_path)
     tf.saved_model.save(module, tmp, signatures={"serving_default": module.serve})
     shutil.rmtree(os.path.dirname(names_path))
+    if manifest is not None:
+      with open(os.path.join(tmp, "manifest.json"), "w") as f:
+        json.dump(manifest, f, indent=1)
   return export_dir

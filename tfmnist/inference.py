@@ -151,19 +151,20 @@ def load(model_dir, checkpoint="", records_dir=""):
 
 
 class RunSettings(NamedTuple):
-  """What a run trained on; empty when the folder does not say (e.g. an export)."""
+  """What a model trained on; empty when its folder does not say (e.g. a bare export)."""
   dataset: str
   records_dir: str
   train_splits: tuple
 
 
 def run_settings(model_dir):
-  """The RunSettings of a run folder, from its manifest and flags."""
+  """The RunSettings of a run folder (manifest.json and flags.txt) or ensemble export."""
   dataset, records_dir, train_splits = "", "", ()
   try:
     with open(os.path.join(model_dir, "manifest.json")) as f:
       manifest = json.load(f)
     dataset = manifest.get("dataset", "")
+    records_dir = manifest.get("records_dir", "")  # Ensembles; runs keep it in flags.txt.
     train_splits = tuple(manifest.get("train_splits", ["train"]))
   except (OSError, ValueError, AttributeError):
     pass
@@ -174,7 +175,24 @@ def run_settings(model_dir):
           records_dir = line.strip().split("=", 1)[1]
   except OSError:
     pass
-  return RunSettings(dataset, records_dir or "records", train_splits)
+  return RunSettings(dataset, records_dir, train_splits)
+
+
+def ensemble_settings(model_dirs):
+  """The RunSettings an ensemble of these runs inherits.
+
+  The dataset and records folder are those the members that name one agree
+  on (empty when they differ); the training splits are every split any
+  member trained on.
+  """
+  members = [run_settings(d) for d in model_dirs]
+
+  def agreed(values):
+    named = {value for value in values if value}
+    return named.pop() if len(named) == 1 else ""
+
+  return RunSettings(agreed(m.dataset for m in members), agreed(m.records_dir for m in members),
+                     tuple(sorted({split for m in members for split in m.train_splits})))
 
 
 def expand_model_dirs(patterns):
@@ -192,7 +210,8 @@ def expand_model_dirs(patterns):
 class Ensemble:
   """Predictors whose probabilities are averaged; one member is a plain model."""
 
-  def __init__(self, predictors):
+  def __init__(self, predictors, settings=None):
+    """Averages `predictors`; `settings` (RunSettings) goes into the export's manifest."""
     if not predictors:
       raise ValueError("an ensemble needs at least one model")
     names = predictors[0].class_names
@@ -202,14 +221,22 @@ class Ensemble:
                         f"{predictors[0].path}'s {names}")
     self.members = list(predictors)
     self.class_names = names
+    self.settings = settings
 
   @property
   def num_classes(self):
     return len(self.class_names)
 
   def export(self, destination):
-    """Writes the ensemble as one SavedModel with the single-model signature."""
-    export.export([m.loaded for m in self.members], self.class_names, destination)
+    """Writes the ensemble as one SavedModel with the single-model signature.
+
+    With settings, its manifest.json names the dataset, records folder and
+    training splits, so that tfmnist.evaluate needs no --dataset for it.
+    """
+    manifest = None
+    if self.settings:
+      manifest = {**self.settings._asdict(), "members": [m.path for m in self.members]}
+    export.export([m.loaded for m in self.members], self.class_names, destination, manifest)
     return destination
 
   def predict(self, images, batch_size=1000, tta=False, mirror=False):

@@ -128,7 +128,8 @@ def main(argv):
     raise app.UsageError("give --input (and --output), or --export_ensemble")
   try:
     model_dirs = inference.expand_model_dirs(_MODEL_DIRS.value)
-    model = inference.Ensemble([inference.load(d, _CHECKPOINT.value) for d in model_dirs])
+    model = inference.Ensemble([inference.load(d, _CHECKPOINT.value) for d in model_dirs],
+                               inference.ensemble_settings(model_dirs))
     if _EXPORT_ENSEMBLE.value:
       model.export(_EXPORT_ENSEMBLE.value)
       print(f"ensemble of {len(model.members)} models exported to {_EXPORT_ENSEMBLE.value}")
