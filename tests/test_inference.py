@@ -17,7 +17,7 @@ import pytest
 import tensorflow as tf
 
 import train_fixtures as tfx
-from tfmnist import data, export, inference, models, records
+from tfmnist import data, export, inference, metrics, models, records
 from tfmnist import images as images_lib
 from tfmnist.errors import DataError
 
@@ -256,6 +256,31 @@ def test_ensemble_export_serves_the_average(trained, tmp_path):
                                 outputs["probabilities"].numpy().argmax(-1))
   with open(os.path.join(destination, "assets", export.CLASS_NAMES_FILE)) as f:
     assert f.read().splitlines() == trained.predictor.class_names
+
+
+def test_calibrated_ensemble_rescales_and_exports_its_temperature(trained, tmp_path):
+  """Ensemble.calibrate fits a temperature; predict and the export both apply it."""
+  images, labels = tfx.synthetic_split(tfx.NUM_TEST, seed=11)
+  settings = inference.ensemble_settings([trained.run_dir])
+  ensemble = inference.Ensemble([trained.predictor, trained.other], settings)
+  plain = ensemble.predict(images)
+  before, after = ensemble.calibrate(images, labels, "mnist held-out")
+  assert ensemble.temperature != 1.0
+  assert after < before
+  assert before == pytest.approx(metrics.log_loss(labels, plain))
+  calibrated = ensemble.predict(images)
+  np.testing.assert_allclose(calibrated, metrics.apply_temperature(plain, ensemble.temperature),
+                             atol=1e-6)
+  np.testing.assert_array_equal(calibrated.argmax(-1), plain.argmax(-1))
+  destination = str(tmp_path / "calibrated")
+  ensemble.export(destination)
+  served = tf.saved_model.load(destination).signatures["serving_default"](
+      images=tf.constant(images))
+  np.testing.assert_allclose(served["probabilities"].numpy(), calibrated, atol=1e-5)
+  with open(os.path.join(destination, "manifest.json")) as f:
+    manifest = json.load(f)
+  assert manifest["temperature"] == ensemble.temperature
+  assert manifest["calibrated_on"] == "mnist held-out"
 
 
 # ----------------------------------------------------------------------------

@@ -185,3 +185,43 @@ def test_top_mistakes_are_the_most_confident_wrong_predictions_first():
   assert len(metrics.top_mistakes([1, 2], probabilities[[1, 5]], 5)) == 0
   with pytest.raises(ValueError, match="n must be >= 0, got -1"):
     metrics.top_mistakes(labels, probabilities, -1)
+
+
+def _sampled(count, seed=0):
+  """Labels drawn from softmax(logits): probabilities calibrated by construction."""
+  rng = np.random.default_rng(seed)
+  logits = rng.normal(0.0, 3.0, (count, 10))
+  probabilities = np.exp(logits - logits.max(axis=1, keepdims=True))
+  probabilities /= probabilities.sum(axis=1, keepdims=True)
+  labels = (probabilities.cumsum(axis=1) < rng.random((count, 1))).sum(axis=1)
+  return np.minimum(labels, 9), probabilities
+
+
+@pytest.mark.parametrize("true_temperature", [0.4, 1.0, 2.0])
+def test_fit_temperature_undoes_a_known_miscalibration(true_temperature):
+  labels, calibrated = _sampled(20000)
+  # Dividing calibrated log-probabilities by 1/T makes a model whose right
+  # temperature is T: overconfident for T > 1, underconfident for T < 1.
+  skewed = metrics.apply_temperature(calibrated, 1.0 / true_temperature)
+  fitted = metrics.fit_temperature(labels, skewed)
+  assert fitted == pytest.approx(true_temperature, rel=0.05)
+  rescaled = metrics.apply_temperature(skewed, fitted)
+  assert metrics.log_loss(labels, rescaled) <= metrics.log_loss(labels, skewed)
+
+
+def test_apply_temperature_keeps_every_prediction_and_sums_to_one():
+  for temperature in (0.3, 1.0, 4.0):
+    scaled = metrics.apply_temperature(PROBABILITIES, temperature)
+    np.testing.assert_array_equal(scaled.argmax(axis=1), PROBABILITIES.argmax(axis=1))
+    np.testing.assert_allclose(scaled.sum(axis=1), 1.0, atol=1e-6)
+  np.testing.assert_allclose(metrics.apply_temperature(PROBABILITIES, 1.0), PROBABILITIES,
+                             atol=1e-7)
+  # T = 2 is the square root of each probability, renormalised.
+  root = np.sqrt(PROBABILITIES[0])
+  np.testing.assert_allclose(metrics.apply_temperature(PROBABILITIES, 2.0)[0], root / root.sum(),
+                             atol=1e-6)
+
+
+def test_log_loss_is_the_metrics_loss():
+  assert metrics.log_loss(LABELS, PROBABILITIES) == \
+      metrics.classification_metrics(LABELS, PROBABILITIES, NAMES)["loss"]

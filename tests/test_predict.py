@@ -7,6 +7,7 @@ TensorFlow costs seconds) and the tests read their results.
 import csv
 import json
 import os
+import re
 import shutil
 import types
 
@@ -16,7 +17,7 @@ import tensorflow as tf
 
 import train_fixtures as tfx
 from test_inference import random_export, shared_cli_run
-from tfmnist import data, export, inference, predict, records
+from tfmnist import data, export, inference, metrics, predict, records
 from tfmnist import images as images_lib
 from tfmnist.errors import DataError
 
@@ -87,6 +88,15 @@ def setup(tmp_path_factory):
   s.member_dir = str(root / "members" / "run_b")
   random_export(os.path.join(s.member_dir, "export"))
   s.ensemble_export = str(root / "ensemble_export")
+  s.calibrated_export = str(root / "calibrated_export")
+  # A run that (by its manifest) learned from the validation split.
+  s.refit_run = tfx.copy_tree(run_dir, root / "refit_run")
+  manifest_path = os.path.join(s.refit_run, "manifest.json")
+  with open(manifest_path) as f:
+    manifest = json.load(f)
+  with open(manifest_path, "w") as f:
+    json.dump({**manifest, "train_splits": ["train", "validation"]}, f)
+  s.refused_export = str(root / "refused_export")
   s.out = {name: root / f"out_{name}" for name in ("digit", "kannada", "bad_csv", "bad_image",
                                                    "no_model")}
   for folder in s.out.values():
@@ -104,6 +114,10 @@ def setup(tmp_path_factory):
                     f"--output={s.out['bad_image']}/sub.csv"],
       "no_model": [f"--model_dir={s.empty_run}", f"--input={s.digit_csv}",
                    f"--output={s.out['no_model']}/sub.csv"],
+      "calibrated": [model, "--calibrate_split=validation",
+                     f"--export_ensemble={s.calibrated_export}"],
+      "calibrate_trained": [f"--model_dir={s.refit_run}", "--calibrate_split=validation",
+                            f"--export_ensemble={s.refused_export}"],
   }
   jobs = tfx.Jobs(max_parallel=2)
   s.results = {name: jobs.submit(name, _predict_command, *args)
@@ -270,6 +284,31 @@ def test_image_folder_is_printed(setup):
     assert file == path
     assert int(label) == p.argmax() and name == setup.predictor.class_names[p.argmax()]
     assert float(probability) == pytest.approx(p.max(), abs=2e-6)
+
+
+def test_calibrate_split_fits_a_temperature_into_the_export(setup):
+  result = tfx.check(_result(setup, "calibrated"))
+  match = re.search(r"^temperature (\S+) fitted on mnist validation \(120 images\): "
+                    r"log loss (\S+) -> (\S+)$", tfx.clean_stderr(result.stderr), re.M)
+  assert match, tfx.describe(result)
+  assert float(match.group(3)) < float(match.group(2))
+  with open(os.path.join(setup.calibrated_export, "manifest.json")) as f:
+    manifest = json.load(f)
+  assert manifest["calibrated_on"] == "mnist validation"
+  assert f"{manifest['temperature']:.4f}" == match.group(1)
+  # The same images, rescaled by the export's temperature, never predicted otherwise.
+  images = setup.digit_images
+  served = tf.saved_model.load(setup.calibrated_export).signatures["serving_default"](
+      images=tf.constant(images))["probabilities"].numpy()
+  plain = setup.predictor.predict(images)
+  np.testing.assert_allclose(served, metrics.apply_temperature(plain, manifest["temperature"]),
+                             atol=1e-5)
+
+
+def test_calibrating_on_a_split_the_models_trained_on_is_refused(setup):
+  _assert_one_line_error(_result(setup, "calibrate_trained"),
+                         "--calibrate_split=validation: the models trained on it")
+  assert not os.path.exists(setup.refused_export)
 
 
 def test_two_model_dirs_make_an_ensemble(setup):

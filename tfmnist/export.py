@@ -44,9 +44,10 @@ class ServingModule(tf.Module):
   exported runs).
   """
 
-  def __init__(self, models, class_names_path):
+  def __init__(self, models, class_names_path, temperature=1.0):
     super().__init__(name="tfmnist")
     self.models = list(models)
+    self.temperature = float(temperature)
     self.class_names_file = tf.saved_model.Asset(class_names_path)
     with open(class_names_path) as f:
       self.class_names = tf.constant([line.rstrip("\n") for line in f])
@@ -67,11 +68,14 @@ class ServingModule(tf.Module):
       images = tf.ensure_shape(images, [None, 28, 28, 1])
     probabilities = tf.add_n([_probabilities(m, images) for m in self.models]) / len(
         self.models)
+    if self.temperature != 1.0:  # Temperature scaling, as metrics.apply_temperature.
+      probabilities = tf.nn.softmax(
+          tf.math.log(tf.maximum(probabilities, 1e-30)) / self.temperature)
     return {"probabilities": probabilities,
             "classes": tf.argmax(probabilities, axis=-1)}
 
 
-def export(models, class_names, export_dir, manifest=None):
+def export(models, class_names, export_dir, manifest=None, temperature=1.0):
   """Writes the SavedModel to `export_dir` atomically (temporary folder, rename).
 
   Args:
@@ -81,6 +85,8 @@ def export(models, class_names, export_dir, manifest=None):
     export_dir: destination; replaced if it exists.
     manifest: a dict written beside the model as manifest.json (an
       ensemble's settings), or None.
+    temperature: divides the log of the averaged probabilities before a
+      softmax (temperature scaling); 1 leaves them as they are.
   """
   if not isinstance(models, (list, tuple)):
     models = [models]
@@ -89,7 +95,7 @@ def export(models, class_names, export_dir, manifest=None):
     os.makedirs(os.path.dirname(names_path))
     with open(names_path, "w") as f:
       f.write("".join(f"{name}\n" for name in class_names))
-    module = ServingModule(models, names_path)
+    module = ServingModule(models, names_path, temperature)
     tf.saved_model.save(module, tmp, signatures={"serving_default": module.serve})
     shutil.rmtree(os.path.dirname(names_path))
     if manifest is not None:

@@ -19,7 +19,7 @@ from typing import NamedTuple
 import numpy as np
 import tensorflow as tf
 
-from tfmnist import export
+from tfmnist import export, metrics
 from tfmnist import images as images_lib
 from tfmnist.errors import DataError
 
@@ -211,7 +211,11 @@ class Ensemble:
   """Predictors whose probabilities are averaged; one member is a plain model."""
 
   def __init__(self, predictors, settings=None):
-    """Averages `predictors`; `settings` (RunSettings) goes into the export's manifest."""
+    """Averages `predictors`; `settings` (RunSettings) goes into the export's manifest.
+
+    `temperature` (1: none) rescales the averaged probabilities; `calibrate`
+    fits it.
+    """
     if not predictors:
       raise ValueError("an ensemble needs at least one model")
     names = predictors[0].class_names
@@ -222,6 +226,8 @@ class Ensemble:
     self.members = list(predictors)
     self.class_names = names
     self.settings = settings
+    self.temperature = 1.0
+    self.calibrated_on = ""
 
   @property
   def num_classes(self):
@@ -236,10 +242,37 @@ class Ensemble:
     manifest = None
     if self.settings:
       manifest = {**self.settings._asdict(), "members": [m.path for m in self.members]}
-    export.export([m.loaded for m in self.members], self.class_names, destination, manifest)
+      if self.calibrated_on:
+        manifest.update(temperature=self.temperature, calibrated_on=self.calibrated_on)
+    export.export([m.loaded for m in self.members], self.class_names, destination, manifest,
+                  self.temperature)
     return destination
+
+  def calibrate(self, images, labels, name, batch_size=1000):
+    """Fits the temperature on labelled images no member learned from.
+
+    Temperature scaling (metrics.fit_temperature) of the plain, non-TTA
+    probabilities: it changes no prediction, only how sure each one is.
+
+    Args:
+      images, labels: the held-out images, uint8 [N, 28, 28(, 1)], and [N].
+      name: what they are (e.g. "mnist validation"), kept in the manifest.
+      batch_size: images per model call.
+
+    Returns:
+      The cross-entropy on these images (before, after).
+    """
+    self.temperature, self.calibrated_on = 1.0, ""
+    plain = self.predict(images, batch_size)
+    self.temperature = metrics.fit_temperature(labels, plain)
+    self.calibrated_on = name
+    scaled = metrics.apply_temperature(plain, self.temperature)
+    return metrics.log_loss(labels, plain), metrics.log_loss(labels, scaled)
 
   def predict(self, images, batch_size=1000, tta=False, mirror=False):
     total = sum(m.predict(images, batch_size, tta, mirror).astype(np.float64)
                 for m in self.members)
-    return (total / len(self.members)).astype(np.float32)
+    average = (total / len(self.members)).astype(np.float32)
+    if self.temperature == 1.0:
+      return average
+    return metrics.apply_temperature(average, self.temperature)

@@ -10,6 +10,8 @@ Inputs:
                          20x20 in a 28x28 frame centred by mass).
 Several --model_dir values (or globs) average their probabilities;
 --export_ensemble=DIR saves them as one SavedModel with the same signature.
+--calibrate_split=validation fits a temperature on a split the models did
+not learn from, so that their probabilities say how often they are right.
 """
 
 import csv
@@ -40,6 +42,9 @@ _TTA = flags.DEFINE_bool("tta", False, "Average over one-pixel shifts, and mirro
                          "records of non-digit datasets (test-time augmentation).")
 _EXPORT_ENSEMBLE = flags.DEFINE_string(
     "export_ensemble", "", "Write the models as one averaged SavedModel to this folder.")
+_CALIBRATE = flags.DEFINE_string(
+    "calibrate_split", "", "Fit a temperature to the models' probabilities on this split of "
+    "the dataset they trained on (e.g. validation); it goes into predictions and the export.")
 _BATCH = flags.DEFINE_integer("batch_size", 1000, "Images per model call.", lower_bound=1)
 
 
@@ -119,6 +124,25 @@ def write_csv(path, head, body):
   records.write_text_atomically(path, buffer.getvalue())
 
 
+def calibrate(model, split, batch_size):
+  """Fits the ensemble's temperature on `split` of its members' dataset; prints the gain."""
+  settings = model.settings
+  if not (settings and settings.dataset and settings.records_dir):
+    raise DataError(f"--calibrate_split={split}: the models' manifests name no one dataset "
+                    "and records folder to calibrate on")
+  if split in settings.train_splits:
+    raise DataError(f"--calibrate_split={split}: the models trained on it; calibrate on a "
+                    "split none of them learned from")
+  from tfmnist import report  # pylint: disable=g-import-not-at-top
+  info, images, labels = report.read_split(settings.records_dir, settings.dataset, split)
+  if info["num_classes"] != model.num_classes:
+    raise DataError(f"{records.dataset_dir(settings.records_dir, settings.dataset)}: "
+                    f"{info['num_classes']} classes, but the models predict {model.num_classes}")
+  before, after = model.calibrate(images, labels, f"{settings.dataset} {split}", batch_size)
+  print(f"temperature {model.temperature:.4f} fitted on {settings.dataset} {split} "
+        f"({len(labels)} images): log loss {before:.4f} -> {after:.4f}", file=sys.stderr)
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
@@ -130,6 +154,8 @@ def main(argv):
     model_dirs = inference.expand_model_dirs(_MODEL_DIRS.value)
     model = inference.Ensemble([inference.load(d, _CHECKPOINT.value) for d in model_dirs],
                                inference.ensemble_settings(model_dirs))
+    if _CALIBRATE.value:
+      calibrate(model, _CALIBRATE.value, _BATCH.value)
     if _EXPORT_ENSEMBLE.value:
       model.export(_EXPORT_ENSEMBLE.value)
       print(f"ensemble of {len(model.members)} models exported to {_EXPORT_ENSEMBLE.value}")
