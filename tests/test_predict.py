@@ -292,6 +292,7 @@ def test_calibrate_split_fits_a_temperature_into_the_export(setup):
                     r"log loss (\S+) -> (\S+)$", tfx.clean_stderr(result.stderr), re.M)
   assert match, tfx.describe(result)
   assert float(match.group(3)) < float(match.group(2))
+  assert f"1 model exported to {setup.calibrated_export}" in result.stdout.splitlines()
   with open(os.path.join(setup.calibrated_export, "manifest.json")) as f:
     manifest = json.load(f)
   assert manifest["calibrated_on"] == "mnist validation"

@@ -158,7 +158,9 @@ def main(argv):
       calibrate(model, _CALIBRATE.value, _BATCH.value)
     if _EXPORT_ENSEMBLE.value:
       model.export(_EXPORT_ENSEMBLE.value)
-      print(f"ensemble of {len(model.members)} models exported to {_EXPORT_ENSEMBLE.value}")
+      count = len(model.members)
+      print(f"{'ensemble of ' if count > 1 else ''}{count} model{'s' if count > 1 else ''} "
+            f"exported to {_EXPORT_ENSEMBLE.value}")
     if not _INPUT.value:
       return
     inputs = read_inputs(_INPUT.value, model.num_classes, _SPLIT.value)
