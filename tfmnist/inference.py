@@ -262,17 +262,19 @@ class Ensemble:
     Returns:
       The cross-entropy on these images (before, after).
     """
-    self.temperature, self.calibrated_on = 1.0, ""
-    plain = self.predict(images, batch_size)
+    plain = self._average(images, batch_size, tta=False, mirror=False)
     self.temperature = metrics.fit_temperature(labels, plain)
     self.calibrated_on = name
     scaled = metrics.apply_temperature(plain, self.temperature)
     return metrics.log_loss(labels, plain), metrics.log_loss(labels, scaled)
 
-  def predict(self, images, batch_size=1000, tta=False, mirror=False):
+  def _average(self, images, batch_size, tta, mirror):
     total = sum(m.predict(images, batch_size, tta, mirror).astype(np.float64)
                 for m in self.members)
-    average = (total / len(self.members)).astype(np.float32)
+    return (total / len(self.members)).astype(np.float32)
+
+  def predict(self, images, batch_size=1000, tta=False, mirror=False):
+    average = self._average(images, batch_size, tta, mirror)
     if self.temperature == 1.0:
       return average
     return metrics.apply_temperature(average, self.temperature)

@@ -162,12 +162,21 @@ def log_loss(labels, probabilities):
   return float(np.mean(-np.log(np.maximum(true_probability, _LOG_FLOOR))))
 
 
+def _log_probabilities(probabilities):
+  return np.log(np.maximum(np.asarray(probabilities, np.float64), 1e-30))
+
+
+def _scaled_log_softmax(log_probabilities, temperature):
+  """log softmax(log_probabilities / temperature), computed stably."""
+  logits = log_probabilities / temperature
+  logits = logits - logits.max(axis=1, keepdims=True)
+  return logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
+
+
 def apply_temperature(probabilities, temperature):
   """softmax(log(probabilities) / temperature): T > 1 softens, T < 1 sharpens; argmax is kept."""
-  logits = np.log(np.maximum(np.asarray(probabilities, np.float64), 1e-30)) / temperature
-  logits -= logits.max(axis=1, keepdims=True)
-  scaled = np.exp(logits)
-  return (scaled / scaled.sum(axis=1, keepdims=True)).astype(np.float32)
+  return np.exp(_scaled_log_softmax(_log_probabilities(probabilities), temperature)).astype(
+      np.float32)
 
 
 def fit_temperature(labels, probabilities, low=0.05, high=20.0, iterations=80):
@@ -190,14 +199,11 @@ def fit_temperature(labels, probabilities, low=0.05, high=20.0, iterations=80):
     ValueError: bad shapes, labels or probabilities.
   """
   labels, probabilities = _checked(labels, probabilities)
-  log_p = np.log(np.maximum(probabilities.astype(np.float64), 1e-30))
+  log_p = _log_probabilities(probabilities)
   rows = np.arange(len(labels))
 
   def loss(log_t):
-    logits = log_p / np.exp(log_t)
-    top = logits.max(axis=1)
-    log_sum = top + np.log(np.exp(logits - top[:, None]).sum(axis=1))
-    return float(np.mean(log_sum - logits[rows, labels]))
+    return float(-np.mean(_scaled_log_softmax(log_p, np.exp(log_t))[rows, labels]))
 
   ratio = (np.sqrt(5.0) - 1.0) / 2.0
   a, b = np.log(low), np.log(high)
