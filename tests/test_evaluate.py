@@ -12,7 +12,8 @@ import pytest
 
 import train_fixtures as tfx
 from test_inference import shared_cli_run
-from tfmnist import data, inference, prepare, records
+from tfmnist import data, inference, predict, prepare, records
+from tfmnist.errors import DataError
 
 FIGURES = ["confusion.png", "curves.png", "mistakes.png", "reliability.png", "robustness.png"]
 FIVE_CLASSES = ("a", "b", "c", "d", "e")
@@ -121,6 +122,18 @@ def test_dataset_with_another_class_count(setup):
   assert "five" in line
   assert not os.path.exists(os.path.join(setup.five_run, "eval"))
   assert not os.path.exists(os.path.join(setup.five_run, "logs", "eval_test"))
+
+
+def test_calibrating_on_a_dataset_with_another_class_count_is_refused(setup):
+  """predict --calibrate_split shares the class check: an ensemble on the 5-class records."""
+  member = inference.load(setup.run_dir)
+  settings = inference.RunSettings("five", setup.five_records, ("train",))
+  ensemble = inference.Ensemble([member, member], settings)
+  with pytest.raises(DataError) as raised:
+    predict.calibrate(ensemble, "validation", 1000)
+  assert str(raised.value) == (f"{records.dataset_dir(setup.five_records, 'five')}: 5 classes, "
+                               "but the 2 models predict 10")
+  assert ensemble.temperature == 1.0 and not ensemble.calibrated_on
 
 
 def test_a_split_the_model_trained_on_is_flagged(setup, tmp_path):

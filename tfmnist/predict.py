@@ -134,10 +134,7 @@ def calibrate(model, split, batch_size):
     raise DataError(f"--calibrate_split={split}: the models trained on it; calibrate on a "
                     "split none of them learned from")
   from tfmnist import report  # pylint: disable=g-import-not-at-top
-  info, images, labels = report.read_split(settings.records_dir, settings.dataset, split)
-  if info["num_classes"] != model.num_classes:
-    raise DataError(f"{records.dataset_dir(settings.records_dir, settings.dataset)}: "
-                    f"{info['num_classes']} classes, but the models predict {model.num_classes}")
+  _, images, labels = report.read_split_for(model, settings.records_dir, settings.dataset, split)
   before, after = model.calibrate(images, labels, f"{settings.dataset} {split}", batch_size)
   print(f"temperature {model.temperature:.4f} fitted on {settings.dataset} {split} "
         f"({len(labels)} images): log loss {before:.4f} -> {after:.4f}", file=sys.stderr)

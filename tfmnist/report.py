@@ -60,6 +60,17 @@ class ReportConfig:
   trained_on_split: bool = False
 
 
+def read_split_for(predictor, records_dir, dataset, split):
+  """read_split(...), checked to have the classes of `predictor` (a Predictor or Ensemble)."""
+  info, images, labels = read_split(records_dir, dataset, split)
+  if info["num_classes"] != predictor.num_classes:
+    who = (f"the model {predictor.path} predicts" if hasattr(predictor, "path") else
+           f"the {len(predictor.members)} models predict")
+    raise DataError(f"{records.dataset_dir(records_dir, dataset)}: {info['num_classes']} "
+                    f"classes, but {who} {predictor.num_classes}")
+  return info, images, labels
+
+
 def read_split(records_dir, dataset, split):
   """(info, uint8 images [N, 28, 28, 1], int labels [N]) of a labelled split."""
   info = records.read_info(records_dir, dataset)
@@ -231,12 +242,8 @@ def write_report(config, predictor):
       between the dataset and the model.
   """
   start = time.perf_counter()
-  info, images, labels = read_split(config.records_dir, config.dataset, config.split)
-  if info["num_classes"] != predictor.num_classes:
-    raise DataError(
-        f"{records.dataset_dir(config.records_dir, config.dataset)}: {info['num_classes']} "
-        f"classes, but the model {getattr(predictor, 'path', '')} predicts "
-        f"{predictor.num_classes}")
+  info, images, labels = read_split_for(predictor, config.records_dir, config.dataset,
+                                       config.split)
   class_names = info["class_names"]
 
   mirror = not info["digits"]
