@@ -16,11 +16,12 @@ import time
 import numpy as np
 import pytest
 import tensorflow as tf
+from absl import flags
 from tensorboard.backend.event_processing import event_accumulator
 from tensorboard.plugins.hparams import plugin_data_pb2
 
 import train_fixtures as tfx
-from tfmnist import optim, prepare, records, schedules, train_lib
+from tfmnist import flagfiles, optim, prepare, records, schedules, train_lib
 from tfmnist.errors import DataError
 
 STEPS_PER_EPOCH = 15  # 480 train images / global batch 32.
@@ -119,11 +120,12 @@ class Runs(tfx.BackgroundRuns):
                     "--rotation_degrees=7\n")
     code = ("import dataclasses, json, sys\n"
             "from absl import flags\n"
-            "from tfmnist import train\n"
+            "from tfmnist import flagfiles, train\n"
             "flags.FLAGS(sys.argv)\n"
             "config = train.config_from_flags()\n"
             "print(json.dumps({'config': dataclasses.asdict(config),\n"
-            "                  'flags_text': config.flags_text}))\n")
+            "                  'flags_text': config.flags_text,\n"
+            "                  'warnings': flagfiles.overridden(sys.argv)}))\n")
     return tfx.check(tfx.run([tfx.PYTHON, "-c", code, "--model=resnet", "--epochs=4",
                               f"--flagfile={path}", "--model_dir=/tmp/x",
                               "--global_batch_size=16"]))
@@ -626,6 +628,43 @@ def test_flagfile_with_comments_and_later_flags_override(runs):
   lines = parsed["flags_text"].splitlines()
   assert "--global_batch_size=16" in lines and "--model=lenet5" in lines
   assert not any(line.startswith("--flagfile") for line in lines)
+  # Only --model was set before the flagfile and then by it.
+  (warning,) = parsed["warnings"]
+  assert warning.startswith("--model=resnet comes before --flagfile=")
+  assert warning.endswith(", which sets --model=lenet5; the later one wins (give flags after "
+                          "the flagfile to override it)")
+
+
+def test_overridden_reads_nested_flagfiles_and_each_flag_form(tmp_path):
+  flag_values = flags.FlagValues()
+  flags.DEFINE_integer("epochs", 1, "", flag_values=flag_values)
+  flags.DEFINE_integer("seed", 0, "", flag_values=flag_values)
+  flags.DEFINE_float("learning_rate", 0.1, "", flag_values=flag_values)
+  flags.DEFINE_bool("export", True, "", flag_values=flag_values)
+  inner = tmp_path / "inner.flags"
+  inner.write_text("--noexport\n--seed=7\n")
+  outer = tmp_path / "outer.flags"
+  outer.write_text(f"# nested\n--epochs=3\n--flagfile={inner}\n")
+  argv = ["train", "--epochs", "3", "--export", "--seed", "1", "--learning_rate=0.1",
+          "--flagfile", str(outer), "--seed=2"]
+  warnings = flagfiles.overridden(argv, flag_values)
+  # "--epochs 3" is what the file says too; --seed=2 comes after the file.
+  assert [w.split(" comes before ")[0] for w in warnings] == ["--export", "--seed=1"]
+  assert f"--flagfile={outer}, which sets --noexport;" in warnings[0]
+  assert "which sets --seed=7;" in warnings[1]
+  assert flagfiles.overridden(["train", f"--flagfile={outer}", "--epochs=9"], flag_values) == []
+
+
+def test_a_flag_before_a_flagfile_that_sets_it_is_warned_about(tmp_path, records_dir):
+  flagfile = tmp_path / "refit.flags"
+  flagfile.write_text("--train_splits=train,validation\n--seed=6\n")
+  args = tfx.train_args(str(tmp_path / "run"), records_dir, "--seed=5", f"--flagfile={flagfile}")
+  result = tfx.run(tfx.train_command(args))
+  assert result.returncode == 1  # The refit clash: nothing trains.
+  lines = tfx.clean_stderr(result.stderr).splitlines()
+  assert (f"train: warning: --seed=5 comes before --flagfile={flagfile}, which sets --seed=6; "
+          "the later one wins (give flags after the flagfile to override it)") in lines
+  assert len(_error_lines(result.stderr)) == 1
 
 
 def test_helpfull_lists_the_flags(runs):

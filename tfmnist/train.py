@@ -11,7 +11,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import app, flags, logging  # pylint: disable=g-import-not-at-top
 
-from tfmnist import augment_flags, optim, schedules, train_lib  # pylint: disable=g-import-not-at-top
+from tfmnist import augment_flags, flagfiles, optim, schedules, train_lib  # pylint: disable=g-import-not-at-top
 from tfmnist.errors import DataError  # pylint: disable=g-import-not-at-top
 
 # Run and data.
@@ -140,6 +140,8 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   if not flags.FLAGS["verbosity"].present:  # Library INFO chatter hides the progress bar.
     logging.set_verbosity(logging.WARNING)
+  for warning in flagfiles.overridden(sys.argv):
+    print(f"train: warning: {warning}", file=sys.stderr)
   try:
     config = config_from_flags()
     if _EXPORT_CHECKPOINT.value:
