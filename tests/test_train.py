@@ -16,12 +16,11 @@ import time
 import numpy as np
 import pytest
 import tensorflow as tf
-from absl import flags
 from tensorboard.backend.event_processing import event_accumulator
 from tensorboard.plugins.hparams import plugin_data_pb2
 
 import train_fixtures as tfx
-from tfmnist import flagfiles, optim, prepare, records, schedules, train_lib
+from tfmnist import optim, prepare, records, schedules, train_lib
 from tfmnist.errors import DataError
 
 STEPS_PER_EPOCH = 15  # 480 train images / global batch 32.
@@ -125,7 +124,7 @@ class Runs(tfx.BackgroundRuns):
             "config = train.config_from_flags()\n"
             "print(json.dumps({'config': dataclasses.asdict(config),\n"
             "                  'flags_text': config.flags_text,\n"
-            "                  'warnings': flagfiles.overridden(sys.argv)}))\n")
+            "                  'warnings': flagfiles.overridden(sys.argv, flags.FLAGS)}))\n")
     return tfx.check(tfx.run([tfx.PYTHON, "-c", code, "--model=resnet", "--epochs=4",
                               f"--flagfile={path}", "--model_dir=/tmp/x",
                               "--global_batch_size=16"]))
@@ -633,26 +632,6 @@ def test_flagfile_with_comments_and_later_flags_override(runs):
   assert warning.startswith("--model=resnet comes before --flagfile=")
   assert warning.endswith(", which sets --model=lenet5; the later one wins (give flags after "
                           "the flagfile to override it)")
-
-
-def test_overridden_reads_nested_flagfiles_and_each_flag_form(tmp_path):
-  flag_values = flags.FlagValues()
-  flags.DEFINE_integer("epochs", 1, "", flag_values=flag_values)
-  flags.DEFINE_integer("seed", 0, "", flag_values=flag_values)
-  flags.DEFINE_float("learning_rate", 0.1, "", flag_values=flag_values)
-  flags.DEFINE_bool("export", True, "", flag_values=flag_values)
-  inner = tmp_path / "inner.flags"
-  inner.write_text("--noexport\n--seed=7\n")
-  outer = tmp_path / "outer.flags"
-  outer.write_text(f"# nested\n--epochs=3\n--flagfile={inner}\n")
-  argv = ["train", "--epochs", "3", "--export", "--seed", "1", "--learning_rate=0.1",
-          "--flagfile", str(outer), "--seed=2"]
-  warnings = flagfiles.overridden(argv, flag_values)
-  # "--epochs 3" is what the file says too; --seed=2 comes after the file.
-  assert [w.split(" comes before ")[0] for w in warnings] == ["--export", "--seed=1"]
-  assert f"--flagfile={outer}, which sets --noexport;" in warnings[0]
-  assert "which sets --seed=7;" in warnings[1]
-  assert flagfiles.overridden(["train", f"--flagfile={outer}", "--epochs=9"], flag_values) == []
 
 
 def test_a_flag_before_a_flagfile_that_sets_it_is_warned_about(tmp_path, records_dir):

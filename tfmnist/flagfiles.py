@@ -6,8 +6,6 @@ it; one before it that the file sets again is almost always a mistake, and
 the commands say so.
 """
 
-from absl import flags
-
 
 def _flag_name(arg, flag_values):
   """The flag an argument sets ("--noexport" sets export)."""
@@ -17,12 +15,12 @@ def _flag_name(arg, flag_values):
   return name
 
 
-def overridden(argv, flag_values=flags.FLAGS):
+def overridden(argv, flag_values):
   """One warning for each command-line flag that a later --flagfile sets to another value.
 
   Args:
     argv: the command line, program name first.
-    flag_values: the defined flags (booleans take no separate value).
+    flag_values: the defined flags (absl.flags.FLAGS): booleans take no separate value.
 
   Returns:
     Lines like "--seed=5 comes before --flagfile=F, which sets --seed=6; ...".

@@ -140,7 +140,7 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   if not flags.FLAGS["verbosity"].present:  # Library INFO chatter hides the progress bar.
     logging.set_verbosity(logging.WARNING)
-  for warning in flagfiles.overridden(sys.argv):
+  for warning in flagfiles.overridden(sys.argv, flags.FLAGS):
     print(f"train: warning: {warning}", file=sys.stderr)
   try:
     config = config_from_flags()
