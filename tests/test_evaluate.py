@@ -85,6 +85,10 @@ def test_evaluate_writes_the_report(setup):
   assert os.listdir(os.path.join(setup.run_dir, "eval")) == ["test"]  # Nothing temporary.
   log_dir = os.path.join(setup.run_dir, "logs", "eval_test")
   assert any(n.startswith("events.out.tfevents") for n in os.listdir(log_dir))
+  # The progress bar reached the test split and the 22 sweep passes over it.
+  total = tfx.NUM_TEST * 23
+  assert f"evaluating mnist test: [{'#' * 24}] {total}/{total} " in setup.results[
+      "report"].result().stderr
 
 
 def test_evaluate_metrics_and_summary(setup):

@@ -17,7 +17,7 @@ import pytest
 import tensorflow as tf
 
 import train_fixtures as tfx
-from tfmnist import data, export, inference, metrics, models, records
+from tfmnist import data, export, inference, metrics, models, progress, records
 from tfmnist import images as images_lib
 from tfmnist.errors import DataError
 
@@ -116,6 +116,18 @@ def test_predictor_shapes_and_batches(trained):
   with_channel = trained.predictor.predict(trained.images[..., None], batch_size=7)
   np.testing.assert_allclose(with_channel, trained.probabilities, atol=1e-6)
   assert with_channel.shape == (tfx.NUM_TEST, 10)
+
+
+def test_predict_with_progress_gives_the_same_probabilities_and_counts_every_image(trained):
+  bar = progress.Progress(tfx.NUM_TEST, "images", enabled=False)
+  models = (trained.predictor, inference.Ensemble([trained.predictor, trained.other]))
+  for model in models:
+    for tta in (False, True):
+      bar.done = 0
+      batch_size = tfx.NUM_TEST // 3 + 1  # The last batch is shorter.
+      got = inference.predict_with_progress(model, trained.images, batch_size, tta, bar=bar)
+      np.testing.assert_array_equal(got, model.predict(trained.images, batch_size, tta))
+      assert bar.done == tfx.NUM_TEST
 
 
 @pytest.mark.parametrize("bad", [np.zeros((2, 28, 28), np.float32),

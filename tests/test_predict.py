@@ -270,6 +270,7 @@ def test_records_split_is_printed(setup):
   np.testing.assert_allclose([float(r[3]) for r in rows], probabilities.max(-1), atol=2e-6)
   accuracy = np.mean(probabilities.argmax(-1) == labels)
   assert f"accuracy {accuracy:.4%} against the input's labels" in result.stderr
+  assert f"predicting: [{'#' * 24}] {tfx.NUM_TEST}/{tfx.NUM_TEST} " in result.stderr
 
 
 def test_image_folder_is_printed(setup):

@@ -35,6 +35,8 @@ _TTA = flags.DEFINE_bool("tta", False, "Average over one-pixel shifts, and mirro
                          "the dataset is not digits (test-time augmentation).")
 _BATCH = flags.DEFINE_integer("batch_size", 1000, "Images per model call.", lower_bound=1)
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of the noise sweep.")
+_PROGRESS = flags.DEFINE_bool("progress", True, "Show a progress bar over the images "
+                              "predicted (the split, then the robustness sweeps).")
 
 
 def main(argv):
@@ -64,7 +66,8 @@ def main(argv):
         split=_SPLIT.value,
         top_mistakes=_TOP_MISTAKES.value, robustness=_ROBUSTNESS.value,
         robustness_images=_ROBUSTNESS_IMAGES.value, seed=_SEED.value,
-        batch_size=_BATCH.value, tta=_TTA.value, trained_on_split=trained_on_split), predictor)
+        batch_size=_BATCH.value, tta=_TTA.value, trained_on_split=trained_on_split,
+        progress=_PROGRESS.value), predictor)
   except (DataError, ValueError) as e:
     sys.exit(f"evaluate: error: {e}")
   print(f"{dataset} {_SPLIT.value}: accuracy {result['accuracy']:.4%} "

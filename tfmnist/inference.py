@@ -82,6 +82,22 @@ class Predictor:
     return (total / len(views)).astype(np.float32)
 
 
+def predict_with_progress(model, images, batch_size=1000, tta=False, mirror=False, bar=None):
+  """model.predict(images, ...) one batch at a time, advancing `bar` by each batch's images.
+
+  The batches are the ones model.predict makes itself, so the probabilities
+  are the same. `model` is a Predictor or an Ensemble; `bar` a Progress or None.
+  """
+  parts = []
+  for start in range(0, len(images), batch_size):
+    parts.append(model.predict(images[start:start + batch_size], batch_size, tta, mirror))
+    if bar:
+      bar.update(len(parts[-1]))
+  if not parts:
+    return model.predict(images, batch_size, tta, mirror)
+  return np.concatenate(parts)
+
+
 def _as_batch(images):
   images = np.asarray(images)
   if images.dtype != np.uint8:

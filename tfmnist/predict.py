@@ -27,6 +27,7 @@ import numpy as np  # pylint: disable=g-import-not-at-top
 from tfmnist import images as images_lib  # pylint: disable=g-import-not-at-top
 from tfmnist import inference, records  # pylint: disable=g-import-not-at-top
 from tfmnist.errors import DataError  # pylint: disable=g-import-not-at-top
+from tfmnist.progress import Progress  # pylint: disable=g-import-not-at-top
 from tfmnist.sources import csv as csv_source  # pylint: disable=g-import-not-at-top
 
 _MODEL_DIRS = flags.DEFINE_multi_string(
@@ -46,6 +47,7 @@ _CALIBRATE = flags.DEFINE_string(
     "calibrate_split", "", "Fit a temperature to the models' probabilities on this split of "
     "the dataset they trained on (e.g. validation); it goes into predictions and the export.")
 _BATCH = flags.DEFINE_integer("batch_size", 1000, "Images per model call.", lower_bound=1)
+_PROGRESS = flags.DEFINE_bool("progress", True, "Show a progress bar over the images.")
 
 
 class Inputs:
@@ -161,7 +163,9 @@ def main(argv):
     if not _INPUT.value:
       return
     inputs = read_inputs(_INPUT.value, model.num_classes, _SPLIT.value)
-    probabilities = model.predict(inputs.images, _BATCH.value, _TTA.value, not inputs.digits)
+    bar = Progress(len(inputs.images), "images", desc="predicting", enabled=_PROGRESS.value)
+    probabilities = inference.predict_with_progress(model, inputs.images, _BATCH.value,
+                                                    _TTA.value, not inputs.digits, bar)
     body = rows(inputs, probabilities, model.class_names)
     if _OUTPUT.value:
       write_csv(_OUTPUT.value, header(inputs), body)

@@ -19,10 +19,15 @@ import tensorflow as tf
 from tfmnist import augment, data, figures, inference, metrics, prepare, records, summaries
 from tfmnist import images as images_lib
 from tfmnist.errors import DataError
+from tfmnist.progress import Progress
 
 NOISE_FACTORS = tuple(round(0.1 * i, 1) for i in range(11))
 ROTATION_DEGREES = (-20, -15, -10, -5, 0, 5, 10, 15, 20)
 SHIFT_PIXELS = (0, 1, 2, 3, 4)
+# Passes of the robustness sweeps over their images: every level but the
+# unperturbed one, which reuses the plain predictions.
+SWEEP_PASSES = sum(1 for levels in (NOISE_FACTORS, ROTATION_DEGREES, SHIFT_PIXELS)
+                   for level in levels if level)
 _SHIFT_DIRECTIONS = ((1, 0), (-1, 0), (0, 1), (0, -1))
 
 
@@ -45,6 +50,7 @@ class ReportConfig:
     tta: test-time augmentation: one-pixel shifts, and mirror images too when
       the dataset's info.json says its classes are not digits.
     trained_on_split: the model learned from these images; the report says so.
+    progress: show a progress bar over the images predicted, sweeps included.
   """
   model_dir: str
   output_dir: str = ""
@@ -58,6 +64,7 @@ class ReportConfig:
   batch_size: int = 1000
   tta: bool = False
   trained_on_split: bool = False
+  progress: bool = False
 
 
 def read_split_for(predictor, records_dir, dataset, split):
@@ -247,15 +254,19 @@ def write_report(config, predictor):
   class_names = info["class_names"]
 
   mirror = not info["digits"]
+  chosen = (sweep_subset(labels, config.robustness_images, config.seed) if config.robustness
+            else np.arange(0))
+  bar = Progress(len(images) + SWEEP_PASSES * len(chosen), "images",
+                 desc=f"evaluating {config.dataset} {config.split}", enabled=config.progress)
 
   def predict(batch):
-    return predictor.predict(batch, config.batch_size, config.tta, mirror)
+    return inference.predict_with_progress(predictor, batch, config.batch_size, config.tta,
+                                           mirror, bar)
 
   probabilities = predict(images)
   result = metrics.classification_metrics(labels, probabilities, class_names)
   robust, robust_images = None, 0
   if config.robustness:
-    chosen = sweep_subset(labels, config.robustness_images, config.seed)
     robust = robustness(predict, images[chosen], labels[chosen], config.seed,
                         clean_probabilities=probabilities[chosen])
     robust_images = int(len(chosen))
