@@ -15,8 +15,27 @@ import types
 
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from tfmnist import prepare
+
+
+def _split_cpu_in_two():
+  """Two logical CPUs, so that MirroredStrategy runs two replicas in process.
+
+  Only possible before TensorFlow initialises its devices, hence at import of
+  this file, before any test module runs an op. Single-replica code uses the
+  first device and is unaffected.
+  """
+  cpu = tf.config.list_physical_devices("CPU")[0]
+  try:
+    tf.config.set_logical_device_configuration(
+        cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+  except RuntimeError:  # Already initialised (e.g. by a plugin): two-replica tests skip.
+    pass
+
+
+_split_cpu_in_two()
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 # Real MNIST lives beside the repository and is never copied into it.
@@ -149,6 +168,15 @@ def make_config(tmp_path):
     fields.setdefault("show_progress", False)
     return prepare.PrepareConfig(**fields)
   return make
+
+
+@pytest.fixture
+def two_replicas():
+  """A MirroredStrategy over the two logical CPUs made at start-up."""
+  devices = tf.config.list_logical_devices("CPU")
+  if len(devices) < 2:
+    pytest.skip("TensorFlow was initialised before two logical CPUs could be made")
+  return tf.distribute.MirroredStrategy([d.name for d in devices[:2]])
 
 
 @pytest.fixture

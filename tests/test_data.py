@@ -19,18 +19,6 @@ from tfmnist import data, records
 from tfmnist.errors import DataError
 
 
-def _split_cpu_in_two():
-  """Two logical CPUs for MirroredStrategy; only possible before TF initialises."""
-  cpu = tf.config.list_physical_devices("CPU")[0]
-  try:
-    tf.config.set_logical_device_configuration(
-        cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-  except RuntimeError:  # Initialised by an earlier module: the 2-replica tests skip.
-    pass
-
-
-_split_cpu_in_two()
-
 GLOBAL_BATCH = 8
 
 
