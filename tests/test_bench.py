@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tfmnist import bench, models
+from tfmnist import bench, hardware, models
 from tfmnist.models import convnets
 
 
@@ -77,9 +77,14 @@ def test_run_measurement_names_the_command_and_its_last_error(code, message):
   assert "\n" not in str(raised.value) and sys.executable in str(raised.value)
 
 
-def test_machine_names_the_cpu_and_versions():
+def test_machine_names_the_cpu_its_bfloat16_and_the_auto_precision():
   facts = bench.machine()
-  assert facts["cores"] >= 1 and facts["cpu"] and facts["tensorflow"] == tf.__version__
+  assert facts["cpu"] == hardware.cpu_model()
+  assert facts["cpu_bf16"] == hardware.describe_cpu()["bf16"]
+  assert facts["auto_precision"] == hardware.choose_precision(hardware.detect())[0]
+  native = facts["cpu_bf16"] != "none"
+  assert facts["cpu_label"].endswith(f"{'with' if native else 'without'} native bfloat16)")
+  assert (facts["auto_precision"] == "mixed_bfloat16") == native
 
 
 def test_markdown_writes_each_figure_as_median_and_range():
@@ -92,6 +97,11 @@ def test_markdown_writes_each_figure_as_median_and_range():
                                  "make_records_seconds": summary(4.0, 4.5, 5.0)}}}
   text = bench.markdown(results)
   assert "Test CPU (2 cores, no GPU)" in text
+  results["machine"].update(cpu_label="Test CPU (AVX2, without native bfloat16)",
+                            auto_precision="float32")
+  text = bench.markdown(results)
+  assert "Test CPU (AVX2, without native bfloat16) (2 cores, no GPU)" in text
+  assert "`--precision=auto` chooses float32 here" in text
   assert "| idx (IDX) | 70,000 | 10.0 (9.0-12.5) | 4.5 (4.0-5.0) |" in text
   assert "### Training throughput" not in text  # Only the sections that ran.
 

@@ -22,7 +22,7 @@ from tensorboard.plugins.hparams import plugin_data_pb2
 
 import train_fixtures as tfx
 from tfmnist import augment as augment_lib
-from tfmnist import data, optim, prepare, records, schedules, train_lib
+from tfmnist import data, hardware, optim, prepare, records, schedules, train_lib
 from tfmnist.errors import DataError
 
 STEPS_PER_EPOCH = 15  # 480 train images / global batch 32.
@@ -393,6 +393,32 @@ def test_mixed_precision_runs_with_finite_loss(tmp_path, records_dir, precision)
   assert final["step"] == 8
   assert np.isfinite(final["val_loss"])
   assert final["val_count"] == 120
+
+
+def test_auto_precision_is_recorded_and_kept_when_the_run_resumes(tmp_path, records_dir,
+                                                                   capsys):
+  model_dir = tmp_path / "run"
+  tfx.train_in_process(model_dir, records_dir, precision="auto", epochs=1)
+  policy, reason = hardware.choose_precision(hardware.detect())
+  manifest = json.loads((model_dir / "manifest.json").read_text())
+  assert manifest["precision"] == {"requested": "auto", "policy": policy, "reason": reason}
+  assert manifest["cpu"] == hardware.describe_cpu()
+  assert f"precision: {policy} (auto: {reason})" in capsys.readouterr().out
+  # As if the run had started on a machine of the other kind: its choice stays.
+  other = "float32" if policy == "mixed_bfloat16" else "mixed_bfloat16"
+  manifest["precision"].update(policy=other, reason="started elsewhere")
+  (model_dir / "manifest.json").write_text(json.dumps(manifest))
+  final = tfx.train_in_process(model_dir, records_dir, precision="auto", epochs=2)
+  assert final["step"] == TOTAL_STEPS
+  assert (f"precision: {other} (auto: chosen when the run started: started elsewhere)"
+          in capsys.readouterr().out)
+  kept = json.loads((model_dir / "manifest.json").read_text())["precision"]
+  assert kept["requested"] == "auto" and kept["policy"] == other
+
+
+def test_an_unknown_precision_is_one_line(tmp_path, records_dir):
+  with pytest.raises(ValueError, match="unknown precision 'bfloat8'; choose one of auto, "):
+    tfx.train_in_process(tmp_path / "run", records_dir, precision="bfloat8")
 
 
 def test_loops_are_traced_once(tmp_path, records_dir, monkeypatch):

@@ -18,6 +18,8 @@ import time
 import keras
 import tensorflow as tf
 
+from tfmnist import hardware
+
 
 class BenchmarkError(RuntimeError):
   """A measurement process failed; the message is one line naming it."""
@@ -194,10 +196,13 @@ def _spread(summary, fmt="{:,.0f}"):
 def markdown(results):
   """The results as Markdown tables: median (min-max) of every figure."""
   m = results["machine"]
-  lines = [f"Measured with `{results['command']}` on {m['cpu']} ({m['cores']} cores"
+  cpu = m.get("cpu_label", m["cpu"])
+  auto = (f" `--precision=auto` chooses {m['auto_precision']} here."
+          if "auto_precision" in m else "")
+  lines = [f"Measured with `{results['command']}` on {cpu} ({m['cores']} cores"
            f"{', GPUs: ' + ', '.join(m['gpus']) if m['gpus'] else ', no GPU'}), "
-           f"TensorFlow {m['tensorflow']}, Python {m['python']}. Each cell is the median "
-           "(min-max) of the runs.", ""]
+           f"TensorFlow {m['tensorflow']}, Python {m['python']}.{auto} Each cell is the "
+           "median (min-max) of the runs.", ""]
   if "fit" in results:
     lines += [f"### Training throughput, images/s ({results['repeats']} interleaved pairs, "
               f"{results['steps']} steps each)", "",
@@ -264,15 +269,12 @@ def markdown(results):
 
 
 def machine():
-  """What the figures were measured on."""
-  cpu = platform.processor() or platform.machine()
-  try:
-    with open("/proc/cpuinfo") as f:
-      names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
-    cpu = names[0] if names else cpu
-  except OSError:
-    pass
+  """What the figures were measured on, and the precision auto chooses there."""
+  cpu = hardware.describe_cpu()
+  policy, reason = hardware.choose_precision(hardware.detect())
   gpus = [d.name for d in tf.config.list_physical_devices("GPU")]
-  return {"cpu": cpu, "cores": os.cpu_count(), "gpus": gpus,
+  return {"cpu": cpu["model"], "cpu_vector_isa": cpu["vector_isa"], "cpu_bf16": cpu["bf16"],
+          "cpu_label": hardware.cpu_label(), "cores": os.cpu_count(), "gpus": gpus,
+          "auto_precision": policy, "auto_precision_reason": reason,
           "tensorflow": tf.__version__, "python": sys.version.split()[0],
           "platform": platform.platform()}

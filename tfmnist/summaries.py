@@ -19,7 +19,7 @@ from tensorboard.plugins.hparams import api as hparams_api
 
 import tfmnist
 from tfmnist import augment as augment_lib
-from tfmnist import data
+from tfmnist import data, hardware
 
 _MAX_IMAGES = 64
 
@@ -53,15 +53,29 @@ def cleanup_worker_dir(work_dir, model_dir):
       pass
 
 
-def write_run_files(config, info, model_dir):
-  """flags.txt and manifest.json (versions, record checksums, seed)."""
+def read_manifest(model_dir):
+  """The run's manifest.json, or {} when it has none (yet) or it is unreadable."""
+  try:
+    with open(os.path.join(model_dir, "manifest.json")) as f:
+      manifest = json.load(f)
+  except (OSError, ValueError):
+    return {}
+  return manifest if isinstance(manifest, dict) else {}
+
+
+def write_run_files(config, info, model_dir, precision):
+  """flags.txt and manifest.json (versions, machine, precision, record checksums, seed).
+
+  Args:
+    precision: {"requested", "policy", "reason"} of the run's dtype policy.
+  """
   with open(os.path.join(model_dir, "flags.txt"), "w") as f:
     f.write(config.flags_text)
   manifest = {
       "tfmnist": tfmnist.__version__, "tensorflow": tf.__version__,
       "keras": keras.__version__, "numpy": np.__version__,
       "python": platform.python_version(), "command": " ".join(sys.argv),
-      "seed": config.seed, "dataset": config.dataset, "model": config.model,
+      "cpu": hardware.describe_cpu(), "precision": precision, "seed": config.seed, "dataset": config.dataset, "model": config.model,
       "train_splits": list(config.train_splits),
       "records": {split: [{"file": s["file"], "sha256": s.get("sha256")}
                           for s in summary["shards"]]

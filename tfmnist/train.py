@@ -45,8 +45,12 @@ _TPU = flags.DEFINE_string("tpu", "", "TPU name or address for --strategy=tpu.")
 _DETERMINISTIC = flags.DEFINE_bool("deterministic", False,
                                    "Deterministic ops: same flags, bit-identical weights.")
 _SEED = flags.DEFINE_integer("seed", 0, "The one seed: init, data order, augmentation, dropout.")
-_PRECISION = flags.DEFINE_enum("precision", "float32", train_lib.PRECISIONS,
-                               "Keras dtype policy; mixed_float16 adds loss scaling.")
+_PRECISION = flags.DEFINE_enum(
+    "precision", "float32", train_lib.PRECISIONS,
+    "Keras dtype policy; mixed_float16 adds loss scaling. auto: mixed_bfloat16 where the "
+    "hardware computes bfloat16 natively (TPUs, GPUs from compute capability 8.0, CPUs with "
+    "AVX-512 BF16 or AMX), mixed_float16 on older GPUs with tensor cores, else float32; a "
+    "resumed run keeps its first choice.")
 # Optimizer.
 _OPTIMIZER = flags.DEFINE_enum("optimizer", "adam", optim.OPTIMIZERS, "Optimizer.")
 _LR = flags.DEFINE_float("learning_rate", 1e-3, "Peak learning rate (per step, unitless).")

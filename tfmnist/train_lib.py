@@ -20,13 +20,13 @@ from absl import logging
 
 import tfmnist
 from tfmnist import augment as augment_lib
-from tfmnist import data, export, models, optim, records, schedules, summaries
+from tfmnist import data, export, hardware, models, optim, records, schedules, summaries
 from tfmnist.errors import DataError
 from tfmnist.models.layers import Noise
 from tfmnist.progress import Progress
 
 STRATEGIES = ("default", "one_device", "mirrored", "multi_worker", "tpu")
-PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
+PRECISIONS = ("auto", "float32", "mixed_bfloat16", "mixed_float16")
 
 
 class NonFiniteLoss(RuntimeError):
@@ -63,7 +63,7 @@ class TrainConfig:
   plateau: schedules.PlateauConfig = dataclasses.field(default_factory=schedules.PlateauConfig)
   label_smoothing: float = 0.0
   clip_norm: float = 0.0
-  precision: str = "float32"
+  precision: str = "float32"  # A Keras dtype policy, or "auto" (hardware.choose_precision).
   steps_per_loop: int = 50
   checkpoint_every_steps: int = 0
   keep_checkpoints: int = 3
@@ -109,6 +109,21 @@ def create_strategy(config):
     tf.tpu.experimental.initialize_tpu_system(resolver)
     return tf.distribute.TPUStrategy(resolver)
   raise ValueError(f"unknown strategy {name!r}; choose one of {', '.join(STRATEGIES)}")
+
+
+def resolve_precision(config, strategy):
+  """(dtype policy, reason) of the run.
+
+  "auto" is decided once per run folder: a run that resumes keeps the policy
+  its first start chose (recorded in manifest.json), so that it ends where an
+  uninterrupted run would even on another machine.
+  """
+  if config.precision != "auto":
+    return config.precision, "as configured"
+  recorded = summaries.read_manifest(config.model_dir).get("precision")
+  if recorded and recorded.get("requested") == "auto" and recorded.get("policy") in PRECISIONS:
+    return recorded["policy"], f"chosen when the run started: {recorded.get('reason', '')}"
+  return hardware.choose_precision(hardware.detect(strategy))
 
 
 # ----------------------------------------------------------------------------
@@ -464,9 +479,6 @@ def _make_request_count(strategy):
 
 
 def _check_config(config, info, strategy):
-  if config.precision not in PRECISIONS:
-    raise ValueError(f"unknown precision {config.precision!r}; choose one of "
-                     f"{', '.join(PRECISIONS)}")
   replicas = strategy.num_replicas_in_sync
   if config.global_batch_size % replicas:
     raise ValueError(f"global batch size {config.global_batch_size} does not divide among "
@@ -498,6 +510,8 @@ def _check_config(config, info, strategy):
 @dataclasses.dataclass
 class SetUp:
   """What training and exporting share: the strategy, the data and the run."""
+  config: TrainConfig  # With the precision resolved to a dtype policy.
+  precision: dict  # {"requested", "policy", "reason"}, as manifest.json records it.
   strategy: tf.distribute.Strategy
   info: dict
   train_files: list
@@ -514,8 +528,14 @@ def _set_up(config):
   if config.deterministic:
     tf.config.experimental.enable_op_determinism()
   keras.utils.set_random_seed(config.seed)
-  keras.mixed_precision.set_global_policy(config.precision)
+  if config.precision not in PRECISIONS:
+    raise ValueError(f"unknown precision {config.precision!r}; choose one of "
+                     f"{', '.join(PRECISIONS)}")
   strategy = create_strategy(config)
+  policy, reason = resolve_precision(config, strategy)
+  precision = {"requested": config.precision, "policy": policy, "reason": reason}
+  config = dataclasses.replace(config, precision=policy)
+  keras.mixed_precision.set_global_policy(policy)
   info = ensure_records(config)
   _check_config(config, info, strategy)
   train_files, shard_counts = [], []
@@ -534,8 +554,8 @@ def _set_up(config):
              data.read_examples(train_files[:1]))
   run = create_run(config, strategy, info, samples.image[:per_replica], total_steps,
                    steps_per_epoch)
-  return SetUp(strategy, info, train_files, shard_counts, steps_per_epoch, total_steps,
-               per_replica, val_examples, samples, run)
+  return SetUp(config, precision, strategy, info, train_files, shard_counts, steps_per_epoch,
+               total_steps, per_replica, val_examples, samples, run)
 
 
 def export_dir_of(config):
@@ -572,7 +592,7 @@ def export_checkpoint(config, checkpoint):
     raise DataError(f"{path}: cannot restore this run's model from it "
                     f"({str(e).splitlines()[0]})") from None
   with EmaWeights(setup.run):
-    export.export(setup.run.model, setup.info["class_names"], export_dir_of(config))
+    export.export(setup.run.model, setup.info["class_names"], export_dir_of(setup.config))
   return path
 
 
@@ -589,7 +609,9 @@ def train_and_evaluate(config):
   """
   started = time.perf_counter()
   setup = _set_up(config)
-  strategy, info, run = setup.strategy, setup.info, setup.run
+  config, strategy, info, run = setup.config, setup.strategy, setup.info, setup.run
+  if setup.precision["requested"] == "auto":
+    print(f"precision: {setup.precision['policy']} (auto: {setup.precision['reason']})")
   train_files, shard_counts = setup.train_files, setup.shard_counts
   steps_per_epoch, total_steps = setup.steps_per_epoch, setup.total_steps
   per_replica, val_examples = setup.per_replica_batch_size, setup.val_examples
@@ -610,7 +632,7 @@ def train_and_evaluate(config):
   if restored:
     print(f"Resuming from {restored} at step {start_step} of {total_steps}.")
   if is_chief:
-    summaries.write_run_files(config, info, work_dir)
+    summaries.write_run_files(config, info, work_dir, setup.precision)
 
   dataset, _ = data.distribute_train(strategy, train_files, shard_counts,
                                      config.global_batch_size, config.seed, start_step,

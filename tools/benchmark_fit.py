@@ -24,7 +24,7 @@ from absl import app, flags, logging  # pylint: disable=g-import-not-at-top
 import keras  # pylint: disable=g-import-not-at-top
 import tensorflow as tf  # pylint: disable=g-import-not-at-top
 
-from tfmnist import data, optim, records, train_lib  # pylint: disable=g-import-not-at-top
+from tfmnist import data, hardware, optim, records, train_lib  # pylint: disable=g-import-not-at-top
 from tfmnist.models.layers import Noise  # pylint: disable=g-import-not-at-top
 
 _RECORDS_DIR = flags.DEFINE_string("records_dir", "records", "Records folder.")
@@ -34,7 +34,15 @@ _MODEL = flags.DEFINE_string("model", "lenet", "Registered model.")
 _BATCH = flags.DEFINE_integer("global_batch_size", 128, "Images per step.")
 _STEPS = flags.DEFINE_integer("steps", 150, "Timed steps.")
 _WARMUP = flags.DEFINE_integer("warmup_steps", 20, "Untimed steps first (tracing).")
-_PRECISION = flags.DEFINE_enum("precision", "float32", train_lib.PRECISIONS, "dtype policy.")
+_PRECISION = flags.DEFINE_enum("precision", "float32", train_lib.PRECISIONS,
+                               "dtype policy; auto: the one training would choose here.")
+
+
+def precision():
+  """The dtype policy measured (auto resolved for this machine)."""
+  if _PRECISION.value == "auto":
+    return hardware.choose_precision(hardware.detect())[0]
+  return _PRECISION.value
 
 
 class _FitModel(keras.Model):
@@ -67,7 +75,7 @@ def batches(files, count):
 def run_custom(info, stacked):
   strategy = tf.distribute.get_strategy()
   config = train_lib.TrainConfig(model_dir=tempfile.mkdtemp(), model=_MODEL.value,
-                                 global_batch_size=_BATCH.value, precision=_PRECISION.value)
+                                 global_batch_size=_BATCH.value, precision=precision())
   dataset = strategy.distribute_datasets_from_function(
       lambda _: tf.data.Dataset.from_tensor_slices(stacked))
   run = train_lib.create_run(config, strategy, info, stacked["image"][0], 10**6, 1000)
@@ -120,12 +128,12 @@ def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)
   keras.utils.set_random_seed(0)
-  keras.mixed_precision.set_global_policy(_PRECISION.value)
+  keras.mixed_precision.set_global_policy(precision())
   info = records.read_info(_RECORDS_DIR.value, _DATASET.value)
   files = records.split_files(_RECORDS_DIR.value, _DATASET.value, "train")
   stacked = batches(files, _WARMUP.value + _STEPS.value)
   seconds = (run_custom if _MODE.value == "custom" else run_fit)(info, stacked)
-  print(json.dumps({"mode": _MODE.value, "model": _MODEL.value, "precision": _PRECISION.value,
+  print(json.dumps({"mode": _MODE.value, "model": _MODEL.value, "precision": precision(),
                     "global_batch_size": _BATCH.value, "steps": _STEPS.value,
                     "seconds": seconds, "images_per_second": _STEPS.value * _BATCH.value / seconds}))
 
