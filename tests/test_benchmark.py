@@ -6,9 +6,13 @@ import numpy as np
 import pytest
 
 import train_fixtures as tfx
-from tfmnist import inference, report
+from tfmnist import hardware, inference, report
 
 TOOL = str(tfx.REPO_ROOT / "tools" / "benchmark.py")
+# What --precision=auto trains in here, and the precisions the benchmark measures
+# for --precisions=float32,auto,float32 (each once).
+AUTO = hardware.choose_precision(hardware.detect())[0]
+MEASURED = ["float32"] + ([AUTO] if AUTO != "float32" else [])
 
 
 def _benchmark(*args):
@@ -28,7 +32,7 @@ def measured(tmp_path_factory):
       f"--records_dir={records_dir}", f"--output_dir={output_dir}", "--sections=fit",
       "--sections=utilisation", "--sections=pipeline", "--sections=records",
       "--sections=accuracy", f"--idx_dir={tfx.write_idx_dir(root / 'idx')}", "--csv_rows=50",
-      "--fit_models=mlp", "--precisions=float32", "--repeats=1", "--steps=2",
+      "--fit_models=mlp", "--precisions=float32,auto,float32", "--repeats=1", "--steps=2",
       "--warmup_steps=2", "--matmul_size=256",
       f"--recipes={flagfile}@5", "--seeds=1", f"--runs_dir={root / 'runs'}")
   tfx.check(result)
@@ -39,7 +43,9 @@ def measured(tmp_path_factory):
 
 def test_fit_pairs_the_loop_with_keras_fit(measured):
   results, markdown, *_ = measured
-  (row,) = results["fit"]
+  # float32, then auto's choice here unless that is float32 too: each once.
+  assert [r["precision"] for r in results["fit"]] == MEASURED
+  row = results["fit"][0]
   assert row["model"] == "mlp" and row["precision"] == "float32"
   assert len(row["custom"]["runs"]) == len(row["fit"]["runs"]) == 1
   ratios = [c / f for c, f in zip(row["custom"]["runs"], row["fit"]["runs"])]
@@ -49,7 +55,7 @@ def test_fit_pairs_the_loop_with_keras_fit(measured):
 
 def test_utilisation_is_model_flops_over_the_matmul_rate(measured):
   results, markdown, *_ = measured
-  assert [r["precision"] for r in results["utilisation"]] == ["float32", "mixed_bfloat16"]
+  assert [r["precision"] for r in results["utilisation"]] == MEASURED
   for row in results["utilisation"]:
     assert row["model"] == "lenet" and row["global_batch_size"] == 256
     assert row["training_flops_per_image"] > 3 * 2 * 12e6  # LeNet: about 12M multiply-adds.
@@ -57,10 +63,10 @@ def test_utilisation_is_model_flops_over_the_matmul_rate(measured):
                                      row["matmul_flops_per_second"]["runs"],
                                      row["utilisation"]["runs"]):
       assert share == pytest.approx(images * row["training_flops_per_image"] / matmul)
-  float32, bfloat16 = results["utilisation"]
+  float32, *others = results["utilisation"]
   assert len(float32["products_alone_utilisation"]["runs"]) == 1
   assert float32["products_alone_utilisation"]["median"] > 0
-  assert bfloat16["products_alone_utilisation"] is None  # Timed in float32 only.
+  assert all(r["products_alone_utilisation"] is None for r in others)  # float32 only.
   assert "### Hardware utilisation" in markdown and "| products alone |" in markdown
 
 
@@ -84,9 +90,12 @@ def test_records_times_the_command_and_the_call(measured):
 
 def test_accuracy_trains_each_seed_and_scores_it_once_on_test(measured):
   results, markdown, stdout, records_dir, root = measured
-  bf16, float32 = results["accuracy"]
-  assert bf16["extra_flags"] == [] and float32["extra_flags"] == ["--precision=float32"]
-  for row in (bf16, float32):
+  # The float32 twin only where auto chooses another precision.
+  shipped, *twin = results["accuracy"]
+  assert shipped["extra_flags"] == []
+  assert [row["extra_flags"] for row in twin] == (
+      [] if AUTO == "float32" else [["--precision=float32"]])
+  for row in (shipped, *twin):
     assert [r["seed"] for r in row["runs"]] == [0]
     assert row["target"] == pytest.approx(0.05)
     for r in row["runs"]:
@@ -97,10 +106,12 @@ def test_accuracy_trains_each_seed_and_scores_it_once_on_test(measured):
   # With TTA: the same export averaged over the shifted views (never mirrored: digits).
   _, images, labels = report.read_split(str(records_dir), "mnist", "test")
   tta = inference.load(str(root / "runs" / "tiny-seed0")).predict(images, tta=True)
-  assert bf16["runs"][0]["test_accuracy_tta"] == pytest.approx(
+  assert shipped["runs"][0]["test_accuracy_tta"] == pytest.approx(
       np.mean(tta.argmax(-1) == labels))
-  assert "### Time to accuracy" in markdown and "tiny.flags --precision=float32" in markdown
-  assert "| with TTA |" in markdown and f"{bf16['test_accuracy_tta']['median']:.2%}" in markdown
+  assert "### Time to accuracy" in markdown
+  assert ("tiny.flags --precision=float32" in markdown) == bool(twin)
+  assert "| with TTA |" in markdown
+  assert f"{shipped['test_accuracy_tta']['median']:.2%}" in markdown
   assert markdown in stdout  # The same tables are printed.
 
 

@@ -4,15 +4,19 @@ r"""tfmnist's figures, measured on this machine, as Markdown and JSON.
 Sections (--sections; all by default):
   fit          images/s of tfmnist's loop against Keras `model.fit` on the
                identical model (the seed LeNet and the Kaggle CNN), in float32
-               and mixed bfloat16, run alternately in interleaved pairs.
-  utilisation  the seed LeNet's training FLOP/s at batch 256 over the float32
-               (and bfloat16) matrix-multiply rate measured in the same run.
+               and in the precision `--precision=auto` chooses on this machine
+               (mixed bfloat16 where the CPU has AVX-512 BF16 or AMX), run
+               alternately in interleaved pairs.
+  utilisation  the seed LeNet's training FLOP/s at batch 256 over the matrix-
+               multiply rate of the same precision measured in the same run,
+               for the same precisions.
   pipeline     images/s read and parsed from records, and batched with and
                without the affine augmentation.
   records      seconds of make_records for 70,000 IDX images and a 42,000-row CSV.
   accuracy     time to accuracy: each recipe (flagfile@target%) trained once
                per seed, its final model scored once on the official test set;
-               the first recipe also in float32, for bfloat16's accuracy cost.
+               the first recipe also in float32 where auto chooses another
+               precision, for that precision's speed and accuracy cost.
 
 Every measurement is a separate process, so the pairs share nothing but the
 machine. Each figure is the median of --repeats runs (--seeds for accuracy)
@@ -32,7 +36,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import app, flags, logging  # pylint: disable=g-import-not-at-top
 
-from tfmnist import bench, records  # pylint: disable=g-import-not-at-top
+from tfmnist import bench, hardware, records  # pylint: disable=g-import-not-at-top
 from tfmnist.errors import DataError  # pylint: disable=g-import-not-at-top
 from tfmnist.progress import Progress  # pylint: disable=g-import-not-at-top
 
@@ -51,15 +55,17 @@ _WARMUP = flags.DEFINE_integer("warmup_steps", 20,
 _MATMUL_SIZE = flags.DEFINE_integer("matmul_size", 2048, "Side of the matmul rate's matrices.")
 _FIT_MODELS = flags.DEFINE_list("fit_models", ["lenet", "kaggle_cnn"],
                                 "Models of the loop-vs-fit section.")
-_PRECISIONS = flags.DEFINE_list("precisions", ["float32", "mixed_bfloat16"],
-                                "Precisions of the loop-vs-fit section.")
+_PRECISIONS = flags.DEFINE_list(
+    "precisions", ["float32", "auto"], "Precisions of the loop-vs-fit and utilisation "
+    "sections; auto: the one training chooses on this machine (a repeat is dropped).")
 _RECIPES = flags.DEFINE_list(
     "recipes", ["fast.flags@99.0", "fast995.flags@99.5"],
     "Time-to-accuracy recipes as flagfile@target_percent.")
 _SEEDS = flags.DEFINE_integer("seeds", 5, "Training runs per recipe (seeds 0..N-1).",
                               lower_bound=1)
-_FLOAT32_TWIN = flags.DEFINE_bool("float32_twin", True,
-                                  "Also train the first recipe in float32 with each seed.")
+_FLOAT32_TWIN = flags.DEFINE_bool(
+    "float32_twin", True, "Also train the first recipe in float32 with each seed, where "
+    "--precision=auto chooses another precision on this machine.")
 _IDX_DIR = flags.DEFINE_string(
     "idx_dir", "/usr/share/datasets/fashion-mnist",
     "70,000 IDX images for the records section; synthetic ones when absent.")
@@ -78,6 +84,20 @@ _UTILISATION_MODEL, _UTILISATION_BATCH = "lenet", 256
 
 def _python(*args):
   return [sys.executable, *args]
+
+
+def measured_precisions(names, auto_policy):
+  """The dtype policies to measure: `names` with auto resolved, each once, in order."""
+  policies = []
+  for name in names:
+    policy = auto_policy if name == "auto" else name
+    if policy not in policies:
+      policies.append(policy)
+  return policies
+
+
+def _precisions():
+  return measured_precisions(_PRECISIONS.value, hardware.choose_precision(hardware.detect())[0])
 
 
 def _progress(total, desc):
@@ -149,7 +169,7 @@ def _images_per_second(command):
 
 def section_fit():
   """Loop vs fit in pairs; the order inside a pair alternates between repeats."""
-  cases = [(m, p) for m in _FIT_MODELS.value for p in _PRECISIONS.value]
+  cases = [(m, p) for m in _FIT_MODELS.value for p in _precisions()]
   bar = _progress(len(cases) * _REPEATS.value * 2, "fit")
   rows = []
   for model, precision in cases:
@@ -168,7 +188,7 @@ def section_fit():
 def section_utilisation():
   """Training FLOP/s of the loop over the matmul rate, both measured each repeat."""
   flops_per_image = bench.training_flops(_built_model(_UTILISATION_MODEL))
-  precisions = ("float32", "mixed_bfloat16")
+  precisions = _precisions()
   bar = _progress(_REPEATS.value * 2 * len(precisions), "utilisation")
   rows = []
   for precision in precisions:
@@ -249,7 +269,8 @@ def train_and_score(flagfile, seed, extra, runs_dir):
 
 def section_accuracy():
   recipes = [(*bench.parse_recipe(text), ()) for text in _RECIPES.value]
-  if _FLOAT32_TWIN.value and recipes:
+  auto_policy = hardware.choose_precision(hardware.detect())[0]
+  if _FLOAT32_TWIN.value and recipes and auto_policy != "float32":
     recipes.insert(1, (recipes[0][0], recipes[0][1], ("--precision=float32",)))
   bar = _progress(len(recipes) * _SEEDS.value, "accuracy")
   runs = {index: [] for index in range(len(recipes))}
