@@ -4,9 +4,9 @@
 bfloat16 only where the hardware multiplies bfloat16 natively, float32
 everywhere else. A CPU without bfloat16 instructions converts every bfloat16
 value in software: `fast.flags` trained 1.7x slower in mixed bfloat16 than in
-float32 on an Intel Xeon with AVX-512 but no AVX-512 BF16, and 7.9x slower on
-an AMD EPYC with AVX2 only, while an AMD EPYC with AVX-512 BF16 trained it
-1.25x faster. `describe_cpu` also names the CPU next to every timing.
+float32 on an Intel Xeon with AVX-512 but no AVX-512 BF16, while an AMD EPYC
+with AVX-512 BF16 trained it 1.25x faster. `describe_cpu` also names the CPU
+next to every timing.
 """
 
 import dataclasses
