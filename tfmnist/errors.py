@@ -1,4 +1,9 @@
-"""Errors that tfmnist reports to the user as a single line."""
+"""Errors that tfmnist reports to the user as a single line.
+
+Command-line entry points catch these (and ValueError for bad settings),
+print `<command>: error: <message>` and exit non-zero; libraries raise them
+with a message that is complete on its own.
+"""
 
 
 class DataError(Exception):
@@ -7,3 +12,11 @@ class DataError(Exception):
   The message is complete on its own (it names the file, and the line for CSV)
   so that command-line tools can print it as one line and exit non-zero.
   """
+
+
+class NonFiniteLoss(RuntimeError):
+  """The loss became NaN or infinite; the message names the step."""
+
+
+class SaveError(RuntimeError):
+  """A checkpoint could not be written (e.g. the disk is full); the message names it."""

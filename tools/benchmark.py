@@ -36,7 +36,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import app, flags, logging  # pylint: disable=g-import-not-at-top
 
-from tfmnist import bench, hardware, records  # pylint: disable=g-import-not-at-top
+import bench  # pylint: disable=g-import-not-at-top
+from tfmnist import files, hardware, run_dir  # pylint: disable=g-import-not-at-top
+from tfmnist.data import records  # pylint: disable=g-import-not-at-top
 from tfmnist.errors import DataError  # pylint: disable=g-import-not-at-top
 from tfmnist.progress import Progress  # pylint: disable=g-import-not-at-top
 
@@ -138,9 +140,10 @@ def measure_test_accuracy(model_dir, records_dir):
   Scored plain and with test-time augmentation (one-pixel shifts, and their
   mirror images when the dataset is not digits), from one load of the model.
   """
-  from tfmnist import inference, report  # pylint: disable=g-import-not-at-top
+  from tfmnist.data import pipeline  # pylint: disable=g-import-not-at-top
+  from tfmnist.serving import inference  # pylint: disable=g-import-not-at-top
   dataset = inference.run_settings(model_dir).dataset
-  info, images, labels = report.read_split(records_dir, dataset, "test")
+  info, images, labels = pipeline.read_labelled(records_dir, dataset, "test")
   model = inference.load(model_dir)
   result = {"dataset": dataset, "images": len(labels)}
   for prefix, tta in (("", False), ("tta_", True)):
@@ -256,8 +259,9 @@ def train_and_score(flagfile, seed, extra, runs_dir):
   command_seconds, _ = bench.run_measurement(_python(
       "-m", "tfmnist.train", f"--flagfile={flagfile}", f"--records_dir={_RECORDS_DIR.value}",
       f"--model_dir={model_dir}", f"--seed={seed}", "--noprogress", *extra), prints_json=False)
-  with open(os.path.join(model_dir, "metrics.json")) as f:
-    metrics = json.load(f)
+  metrics = run_dir.RunDir(model_dir).read_metrics()
+  if "train_seconds" not in metrics:
+    raise bench.BenchmarkError(f"{model_dir}: training left no metrics.json")
   _, scored = bench.run_measurement(_python(__file__, "--measure=test_accuracy",
                                             f"--model_dir={model_dir}",
                                             f"--records_dir={_RECORDS_DIR.value}"))
@@ -332,9 +336,9 @@ def main(argv):
       results[name] = sections[name]()
     except bench.BenchmarkError as e:
       sys.exit(f"benchmark.py: section {name}: {e}")
-    records.write_text_atomically(os.path.join(_OUTPUT_DIR.value, "results.json"),
+    files.write_text_atomically(os.path.join(_OUTPUT_DIR.value, "results.json"),
                                   json.dumps(results, indent=1))
-    records.write_text_atomically(os.path.join(_OUTPUT_DIR.value, "results.md"),
+    files.write_text_atomically(os.path.join(_OUTPUT_DIR.value, "results.md"),
                                   bench.markdown(results))
   print(bench.markdown(results))
   print(f"wrote {os.path.join(_OUTPUT_DIR.value, 'results.md')} and results.json")

@@ -24,7 +24,11 @@ from absl import app, flags, logging  # pylint: disable=g-import-not-at-top
 import keras  # pylint: disable=g-import-not-at-top
 import tensorflow as tf  # pylint: disable=g-import-not-at-top
 
-from tfmnist import data, hardware, optim, records, train_lib  # pylint: disable=g-import-not-at-top
+from tfmnist import hardware, models  # pylint: disable=g-import-not-at-top
+from tfmnist.data import pipeline, pixels, records  # pylint: disable=g-import-not-at-top
+from tfmnist.training import config as config_lib  # pylint: disable=g-import-not-at-top
+from tfmnist.training import optim, state  # pylint: disable=g-import-not-at-top
+from tfmnist.training import step as step_lib  # pylint: disable=g-import-not-at-top
 from tfmnist.models.layers import Noise  # pylint: disable=g-import-not-at-top
 
 _RECORDS_DIR = flags.DEFINE_string("records_dir", "records", "Records folder.")
@@ -34,7 +38,7 @@ _MODEL = flags.DEFINE_string("model", "lenet", "Registered model.")
 _BATCH = flags.DEFINE_integer("global_batch_size", 128, "Images per step.")
 _STEPS = flags.DEFINE_integer("steps", 150, "Timed steps.")
 _WARMUP = flags.DEFINE_integer("warmup_steps", 20, "Untimed steps first (tracing).")
-_PRECISION = flags.DEFINE_enum("precision", "float32", train_lib.PRECISIONS,
+_PRECISION = flags.DEFINE_enum("precision", "float32", config_lib.PRECISIONS,
                                "dtype policy; auto: the one training would choose here.")
 
 
@@ -65,21 +69,21 @@ class _FitModel(keras.Model):
 
 def batches(files, count):
   """The first `count` training batches of seed 0, as in-memory tensors."""
-  shard = data.plan_shard(files, _BATCH.value)
-  examples = data.read_examples(files)
-  steps = data.steps_per_epoch(len(examples), _BATCH.value)
-  taken = list(data.train_dataset(examples, shard, 0, steps).take(count))
+  shard = pipeline.plan_shard(files, _BATCH.value)
+  examples = pipeline.read_examples(files)
+  steps = pipeline.steps_per_epoch(len(examples), _BATCH.value)
+  taken = list(pipeline.train_dataset(examples, shard, 0, steps).take(count))
   return {k: tf.stack([b[k] for b in taken]) for k in ("image", "label")}
 
 
 def run_custom(info, stacked):
   strategy = tf.distribute.get_strategy()
-  config = train_lib.TrainConfig(model_dir=tempfile.mkdtemp(), model=_MODEL.value,
+  config = config_lib.TrainConfig(model_dir=tempfile.mkdtemp(), model=_MODEL.value,
                                  global_batch_size=_BATCH.value, precision=precision())
   dataset = strategy.distribute_datasets_from_function(
       lambda _: tf.data.Dataset.from_tensor_slices(stacked))
-  run = train_lib.create_run(config, strategy, info, stacked["image"][0], 10**6, 1000)
-  loop = train_lib.make_train_loop(config, run, _BATCH.value)
+  run = state.create_run(config, strategy, info["num_classes"], stacked["image"][0], 10**6, 1000)
+  loop = step_lib.make_train_loop(config, run, _BATCH.value)
   iterator = iter(dataset)
   loop(iterator, tf.constant(_WARMUP.value)).numpy()
   start = time.perf_counter()
@@ -109,15 +113,15 @@ class _Timer(keras.callbacks.Callback):
 
 
 def run_fit(info, stacked):
-  inner = train_lib.models.create(_MODEL.value, info["num_classes"])
+  inner = models.create(_MODEL.value, info["num_classes"])
   model = _FitModel(inner, _BATCH.value)
-  model(data.normalize(stacked["image"][0]))
+  model(pixels.normalize(stacked["image"][0]))
   model.compile(optimizer=optim.create(optim.OptimizerConfig(), 1e-3),
                 loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                 metrics=["accuracy"])
   # What a model.fit user writes: normalise in the input pipeline.
   dataset = tf.data.Dataset.from_tensor_slices(stacked).map(
-      lambda b: (data.normalize(b["image"]), b["label"])).prefetch(tf.data.AUTOTUNE)
+      lambda b: (pixels.normalize(b["image"]), b["label"])).prefetch(tf.data.AUTOTUNE)
   timer = _Timer(_WARMUP.value, _WARMUP.value + _STEPS.value)
   model.fit(dataset, epochs=1, steps_per_epoch=_WARMUP.value + _STEPS.value, verbose=0,
             callbacks=[timer])

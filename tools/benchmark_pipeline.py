@@ -22,7 +22,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from absl import app, flags, logging  # pylint: disable=g-import-not-at-top
 import tensorflow as tf  # pylint: disable=g-import-not-at-top
 
-from tfmnist import augment, data, records, train_lib  # pylint: disable=g-import-not-at-top
+from tfmnist.data import augment, pipeline, pixels, records  # pylint: disable=g-import-not-at-top
+from tfmnist.training import config as config_lib  # pylint: disable=g-import-not-at-top
+from tfmnist.training import state  # pylint: disable=g-import-not-at-top
+from tfmnist.training import step as step_lib  # pylint: disable=g-import-not-at-top
 
 _RECORDS_DIR = flags.DEFINE_string("records_dir", "records", "Records folder.")
 _DATASET = flags.DEFINE_string("dataset", "mnist", "Dataset name.")
@@ -39,10 +42,10 @@ _AFFINE = augment.AugmentConfig(rotation_degrees=10, zoom=0.1, shift_x=0.1, shif
 def measure_pipeline(files, mode):
   """Images/s of reading (cold, from the files) and of batching/augmenting epochs."""
   start = time.perf_counter()
-  examples = data.read_examples(files)
+  examples = pipeline.read_examples(files)
   read_seconds = time.perf_counter() - start
-  shard = data.plan_shard(files, _BATCH.value)
-  steps = data.steps_per_epoch(len(examples), _BATCH.value)
+  shard = pipeline.plan_shard(files, _BATCH.value)
+  steps = pipeline.steps_per_epoch(len(examples), _BATCH.value)
   # Batches are consumed the way the train loop consumes them: inside one
   # traced loop (steps per call as a tensor), here with nothing but the
   # augmentation after them.
@@ -52,13 +55,13 @@ def measure_pipeline(files, mode):
   def consume(iterator, num_steps):
     total = tf.constant(0.0)
     for step in tf.range(tf.cast(num_steps, tf.int64)):
-      images = augment.augment(data.normalize(next(iterator)["image"]), config, 0, step)
+      images = augment.augment(pixels.normalize(next(iterator)["image"]), config, 0, step)
       total += tf.reduce_sum(images[:, 0, 0, 0])
     return total
 
   best = 0.0
   for repeat in range(_REPEATS.value + 1):  # The first pass traces.
-    iterator = iter(data.train_dataset(examples, shard, 0, steps))
+    iterator = iter(pipeline.train_dataset(examples, shard, 0, steps))
     start = time.perf_counter()
     consume(iterator, tf.constant(steps)).numpy()
     rate = steps * _BATCH.value / (time.perf_counter() - start)
@@ -75,24 +78,25 @@ def measure_training(files, info, mode):
   """Images/s of the real train loop (seed LeNet, augmentation on)."""
   strategy = tf.distribute.get_strategy()
   counts = [s["count"] for s in info["splits"]["train"]["shards"]]
-  steps_per_epoch = data.pipeline_steps(counts, _BATCH.value)
-  config = train_lib.TrainConfig(model_dir=tempfile.mkdtemp(), model="lenet",
+  steps_per_epoch = pipeline.pipeline_steps(counts, _BATCH.value)
+  config = config_lib.TrainConfig(model_dir=tempfile.mkdtemp(), model="lenet",
                                  global_batch_size=_BATCH.value, augment=_AFFINE)
   warmup = 20
   if mode == "train_records":
-    dataset, _ = data.distribute_train(strategy, files, counts, _BATCH.value, seed=0)
+    dataset, _ = pipeline.distribute_train(strategy, files, counts, _BATCH.value, seed=0)
   else:
     # The same batches, materialised before training starts.
-    shard = data.plan_shard(files, _BATCH.value)
-    batches = list(data.train_dataset(data.read_examples(files), shard, 0, steps_per_epoch)
+    shard = pipeline.plan_shard(files, _BATCH.value)
+    examples = pipeline.read_examples(files)
+    batches = list(pipeline.train_dataset(examples, shard, 0, steps_per_epoch)
                    .take(warmup + _STEPS.value))
     stacked = {k: tf.stack([b[k] for b in batches]) for k in ("image", "label")}
     dataset = strategy.distribute_datasets_from_function(
         lambda _: tf.data.Dataset.from_tensor_slices(stacked))
-  sample = data.read_examples(files[:1]).image[:_BATCH.value]
-  run = train_lib.create_run(config, strategy, info, sample, steps_per_epoch * 10,
+  sample = pipeline.read_examples(files[:1]).image[:_BATCH.value]
+  run = state.create_run(config, strategy, info["num_classes"], sample, steps_per_epoch * 10,
                              steps_per_epoch)
-  loop = train_lib.make_train_loop(config, run, _BATCH.value)
+  loop = step_lib.make_train_loop(config, run, _BATCH.value)
   iterator = iter(dataset)
   loop(iterator, tf.constant(warmup)).numpy()  # Traces.
   start = time.perf_counter()

@@ -27,9 +27,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # pylint: disable=g-import-not-at-top
 from absl import app, flags  # pylint: disable=g-import-not-at-top
 
-from tfmnist import prepare  # pylint: disable=g-import-not-at-top
-from tfmnist.datasets import get_spec  # pylint: disable=g-import-not-at-top
-from tfmnist.sources import idx  # pylint: disable=g-import-not-at-top
+from tfmnist.data import prepare  # pylint: disable=g-import-not-at-top
+from tfmnist.data.catalog import get_spec  # pylint: disable=g-import-not-at-top
+from tfmnist.data.sources import idx  # pylint: disable=g-import-not-at-top
 
 _REPEATS = flags.DEFINE_integer("repeats", 5, "Timed runs per case.", lower_bound=1)
 _JSON = flags.DEFINE_string("json", "", "Write the timings as JSON to this path.")

@@ -1,0 +1,187 @@
+r"""Predicts with one run or an ensemble: python -m tfmnist.predict --model_dir=RUN --input=...
+
+Inputs:
+  --input=test.csv       a Kaggle CSV; --output gets the submission: Digit
+                         Recognizer `ImageId,Label` (1-based, input order), or
+                         Kannada-MNIST `id,label` when the file has an id column.
+  --input=records/mnist  a prepared dataset folder; --split picks the split.
+  --input=photos/        image files (PNG, JPEG, ...), or one image file: each is
+                         made MNIST-like (grayscale, ink white on black, cropped,
+                         20x20 in a 28x28 frame centred by mass).
+Several --model_dir values (or globs) average their probabilities;
+--export_ensemble=DIR saves them as one SavedModel with the same signature.
+--calibrate_split=validation fits a temperature on a split the models did
+not learn from, so that their probabilities say how often they are right.
+"""
+
+import csv
+import io
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from absl import app, flags, logging  # pylint: disable=g-import-not-at-top
+import numpy as np  # pylint: disable=g-import-not-at-top
+
+from tfmnist import files  # pylint: disable=g-import-not-at-top
+from tfmnist.data import photos, pipeline, records  # pylint: disable=g-import-not-at-top
+from tfmnist.data.sources import csv as csv_source  # pylint: disable=g-import-not-at-top
+from tfmnist.errors import DataError  # pylint: disable=g-import-not-at-top
+from tfmnist.evaluation import calibration  # pylint: disable=g-import-not-at-top
+from tfmnist.progress import Progress  # pylint: disable=g-import-not-at-top
+from tfmnist.serving import inference  # pylint: disable=g-import-not-at-top
+
+_MODEL_DIRS = flags.DEFINE_multi_string(
+    "model_dir", None, "Run folder(s) or glob(s); several make an ensemble.")
+_INPUT = flags.DEFINE_string("input", "", "A CSV file, a records dataset folder, an image "
+                             "folder or one image file.")
+_OUTPUT = flags.DEFINE_string("output", "", "CSV to write; empty: print the predictions.")
+_SPLIT = flags.DEFINE_string("split", "test", "Split to predict when --input is records.")
+_CHECKPOINT = flags.DEFINE_string(
+    "checkpoint", "", "Use this checkpoint of each run ('latest', 'best' or a path) "
+    "instead of its export.")
+_TTA = flags.DEFINE_bool("tta", False, "Average over one-pixel shifts, and mirror images for "
+                         "records of non-digit datasets (test-time augmentation).")
+_EXPORT_ENSEMBLE = flags.DEFINE_string(
+    "export_ensemble", "", "Write the models as one averaged SavedModel to this folder.")
+_CALIBRATE = flags.DEFINE_string(
+    "calibrate_split", "", "Fit a temperature to the models' probabilities on this split of "
+    "the dataset they trained on (e.g. validation); it goes into predictions and the export.")
+_BATCH = flags.DEFINE_integer("batch_size", 1000, "Images per model call.", lower_bound=1)
+_PROGRESS = flags.DEFINE_bool("progress", True, "Show a progress bar over the images.")
+
+
+class Inputs:
+  """Images to predict and how to write their predictions.
+
+  Attributes:
+    images: uint8 [N, 28, 28(, 1)].
+    header: the output CSV's column names.
+    keys: [N] first column(s) of each output row, as a list of tuples.
+    labels: [N] true labels or None.
+    kind: "csv", "records" or "images".
+    digits: the classes do not survive mirroring (test-time augmentation
+      leaves mirror images out); only records can say otherwise.
+  """
+
+  def __init__(self, images, header, keys, labels, kind, digits=True):
+    self.images, self.header, self.keys, self.labels, self.kind = (
+        images, header, keys, labels, kind)
+    self.digits = digits
+
+
+def read_inputs(path, num_classes, split):
+  """The Inputs of a CSV file, a records dataset folder, an image folder or file."""
+  if not os.path.exists(path):
+    raise DataError(f"{path}: no such file or folder")
+  if os.path.isdir(path) and os.path.exists(os.path.join(path, records.INFO_FILE)):
+    records_dir, dataset = os.path.split(os.path.normpath(path))
+    examples = pipeline.read_examples(records.split_files(records_dir, dataset, split))
+    labels = examples.label.numpy()
+    digits = records.read_info(records_dir, dataset)["digits"]
+    return Inputs(examples.image.numpy(), ["index", "label"],
+                  [(int(i), int(l)) for i, l in zip(examples.index.numpy(), labels)],
+                  labels if np.all(labels >= 0) else None, "records", digits)
+  if path.lower().endswith(".csv"):
+    raw = csv_source.read_csv(path, num_classes)
+    if raw.ids is not None:  # Kannada-MNIST: echo the test file's ids.
+      return Inputs(raw.images, ["id", "label"], [(i,) for i in raw.ids], raw.labels, "csv")
+    # Digit Recognizer: 1-based ImageId in input order.
+    return Inputs(raw.images, ["ImageId", "Label"], [(i + 1,) for i in range(len(raw))],
+                  raw.labels, "csv")
+  paths = photos.list_images(path) if os.path.isdir(path) else [path]
+  pixels, paths = photos.load_images(paths)
+  return Inputs(pixels, ["file", "label", "class_name", "probability"],
+                [(p,) for p in paths], None, "images")
+
+
+def rows(inputs, probabilities, class_names):
+  """Output rows: the input's key columns, then the prediction."""
+  predictions = np.argmax(probabilities, -1)
+  if inputs.kind == "csv":
+    return [key + (int(p),) for key, p in zip(inputs.keys, predictions)]
+  confidence = probabilities.max(-1)
+  if inputs.kind == "records":
+    return [key + (int(p), f"{c:.6f}") for key, p, c in zip(inputs.keys, predictions,
+                                                             confidence)]
+  return [key + (int(p), class_names[p], f"{c:.6f}")
+          for key, p, c in zip(inputs.keys, predictions, confidence)]
+
+
+def header(inputs):
+  if inputs.kind == "records":
+    return inputs.header + ["prediction", "probability"]
+  return inputs.header
+
+
+def write_csv(path, head, body):
+  """Writes the CSV under a temporary name, then renames it into place."""
+  folder = os.path.dirname(os.path.abspath(path))
+  if not os.path.isdir(folder):
+    raise DataError(f"{path}: folder {folder} does not exist")
+  buffer = io.StringIO()
+  writer = csv.writer(buffer, lineterminator="\n")
+  writer.writerow(head)
+  writer.writerows(body)
+  files.write_text_atomically(path, buffer.getvalue())
+
+
+def calibrate(model, split, batch_size):
+  """Fits the ensemble's temperature on `split` of its members' dataset; prints the gain."""
+  try:
+    count, before, after = calibration.calibrate(model, split, batch_size)
+  except DataError as e:
+    raise DataError(f"--calibrate_split={split}: {e}") from None
+  print(f"temperature {model.temperature:.4f} fitted on {model.calibrated_on} "
+        f"({count} images): log loss {before:.4f} -> {after:.4f}", file=sys.stderr)
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  if not flags.FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)
+  if not _INPUT.value and not _EXPORT_ENSEMBLE.value:
+    raise app.UsageError("give --input (and --output), or --export_ensemble")
+  try:
+    model_dirs = inference.expand_model_dirs(_MODEL_DIRS.value)
+    model = inference.Ensemble([inference.load(d, _CHECKPOINT.value) for d in model_dirs],
+                               inference.ensemble_settings(model_dirs))
+    if _CALIBRATE.value:
+      calibrate(model, _CALIBRATE.value, _BATCH.value)
+    if _EXPORT_ENSEMBLE.value:
+      model.export(_EXPORT_ENSEMBLE.value)
+      count = len(model.members)
+      print(f"{'ensemble of ' if count > 1 else ''}{count} model{'s' if count > 1 else ''} "
+            f"exported to {_EXPORT_ENSEMBLE.value}")
+    if not _INPUT.value:
+      return
+    inputs = read_inputs(_INPUT.value, model.num_classes, _SPLIT.value)
+    bar = Progress(len(inputs.images), "images", desc="predicting", enabled=_PROGRESS.value)
+    probabilities = model.predict_with_progress(inputs.images, _BATCH.value, _TTA.value,
+                                                not inputs.digits, bar)
+    body = rows(inputs, probabilities, model.class_names)
+    if _OUTPUT.value:
+      write_csv(_OUTPUT.value, header(inputs), body)
+    else:
+      for row in body:
+        print(",".join(str(c) for c in row))
+  except (DataError, ValueError) as e:
+    sys.exit(f"predict: error: {e}")
+  summary = f"{len(body)} predictions from {len(model.members)} model(s)"
+  if inputs.labels is not None:
+    accuracy = float(np.mean(np.argmax(probabilities, -1) == inputs.labels))
+    summary += f"; accuracy {accuracy:.4%} against the input's labels"
+  if _OUTPUT.value:
+    summary += f"; written to {_OUTPUT.value}"
+  print(summary, file=sys.stderr if not _OUTPUT.value else sys.stdout)
+
+
+def run():
+  flags.mark_flag_as_required("model_dir")
+  app.run(main)
+
+
+if __name__ == "__main__":
+  run()

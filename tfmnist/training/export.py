@@ -1,0 +1,100 @@
+"""The SavedModel that leaves tfmnist: uint8 images in, probabilities out.
+
+Signature `serving_default`:
+  images: uint8 [N, 28, 28] or [N, 28, 28, 1]
+  -> probabilities: float32 [N, classes], classes: int64 [N]
+Normalisation happens inside (pixels.normalize), and the class names travel
+as the asset `class_names.txt`, so the model loads and runs with plain
+TensorFlow in a program that never imports tfmnist.
+"""
+
+import json
+import os
+import shutil
+
+import keras
+import tensorflow as tf
+
+from tfmnist import files
+from tfmnist.data import pixels
+
+CLASS_NAMES_FILE = "class_names.txt"
+
+
+def _probabilities(member, images):
+  """float32 probabilities of uint8 [N, 28, 28, 1] images from one member.
+
+  A member is a Keras model (normalised images in, logits out) or a loaded
+  tfmnist SavedModel (its `serve` takes the uint8 images).
+  """
+  if isinstance(member, keras.Model):
+    logits = member(pixels.normalize(images), training=False)
+    return tf.nn.softmax(tf.cast(logits, tf.float32))
+  return member.serve(images)["probabilities"]
+
+
+class ServingModule(tf.Module):
+  """Wraps a trained model, or several averaged, behind the serving signature.
+
+  Members may be Keras models or loaded tfmnist SavedModels (an ensemble of
+  exported runs).
+  """
+
+  def __init__(self, models, class_names_path, temperature=1.0):
+    super().__init__(name="tfmnist")
+    self.models = list(models)
+    self.temperature = float(temperature)
+    self.class_names_file = tf.saved_model.Asset(class_names_path)
+    with open(class_names_path) as f:
+      self.class_names = tf.constant([line.rstrip("\n") for line in f])
+
+  @tf.function(input_signature=[tf.TensorSpec(None, tf.uint8, name="images")])
+  def serve(self, images):
+    """Probabilities and classes of uint8 images [N,28,28] or [N,28,28,1]."""
+    message = "images must be uint8 [N, 28, 28] or [N, 28, 28, 1]"
+    rank = tf.rank(images)
+    # The checks gate the ops after them: otherwise the graph may run
+    # ensure_shape first and fail with a message that names no expected shape.
+    with tf.control_dependencies([tf.debugging.assert_equal(
+        tf.logical_or(tf.equal(rank, 3), tf.equal(rank, 4)), True, message=message)]):
+      images = tf.cond(tf.equal(rank, 3), lambda: tf.expand_dims(images, -1),
+                       lambda: tf.identity(images))
+    with tf.control_dependencies([tf.debugging.assert_equal(
+        tf.shape(images)[1:], tf.constant([28, 28, 1]), message=message)]):
+      images = tf.ensure_shape(images, [None, 28, 28, 1])
+    probabilities = tf.add_n([_probabilities(m, images) for m in self.models]) / len(
+        self.models)
+    if self.temperature != 1.0:  # Temperature scaling, as metrics.apply_temperature.
+      probabilities = tf.nn.softmax(
+          tf.math.log(tf.maximum(probabilities, 1e-30)) / self.temperature)
+    return {"probabilities": probabilities,
+            "classes": tf.argmax(probabilities, axis=-1)}
+
+
+def export(models, class_names, export_dir, manifest=None, temperature=1.0):
+  """Writes the SavedModel to `export_dir` atomically (temporary folder, rename).
+
+  Args:
+    models: one Keras model or loaded tfmnist SavedModel, or a list of them
+      whose probabilities are averaged.
+    class_names: names in label order.
+    export_dir: destination; replaced if it exists.
+    manifest: a dict written beside the model as manifest.json (an
+      ensemble's settings), or None.
+    temperature: divides the log of the averaged probabilities before a
+      softmax (temperature scaling); 1 leaves them as they are.
+  """
+  if not isinstance(models, (list, tuple)):
+    models = [models]
+  with files.atomic_folder(export_dir, overwrite=True) as tmp:
+    names_path = os.path.join(tmp, "assets.tmp", CLASS_NAMES_FILE)
+    os.makedirs(os.path.dirname(names_path))
+    with open(names_path, "w") as f:
+      f.write("".join(f"{name}\n" for name in class_names))
+    module = ServingModule(models, names_path, temperature)
+    tf.saved_model.save(module, tmp, signatures={"serving_default": module.serve})
+    shutil.rmtree(os.path.dirname(names_path))
+    if manifest is not None:
+      with open(os.path.join(tmp, "manifest.json"), "w") as f:
+        json.dump(manifest, f, indent=1)
+  return export_dir
