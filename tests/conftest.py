@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tfmnist import prepare
+from tfmnist.data import prepare
 
 
 def _split_cpu_in_two():
@@ -168,6 +168,13 @@ def make_config(tmp_path):
     fields.setdefault("show_progress", False)
     return prepare.PrepareConfig(**fields)
   return make
+
+
+@pytest.fixture(scope="session")
+def records_dir(tmp_path_factory):
+  """The synthetic learnable MNIST records (train_fixtures) shared by the whole session."""
+  import train_fixtures  # pylint: disable=g-import-not-at-top
+  return train_fixtures.shared_records(tmp_path_factory)
 
 
 @pytest.fixture

@@ -55,10 +55,10 @@ def synthetic_split(count, seed, label_noise=0.05):
   return images, labels.astype(np.int64)
 
 
-def write_npz(path, seed=0):
+def write_npz(path, seed=0, num_train=NUM_TRAIN, num_test=NUM_TEST):
   """A Keras-style mnist.npz of the synthetic data; returns its path."""
-  x_train, y_train = synthetic_split(NUM_TRAIN, seed)
-  x_test, y_test = synthetic_split(NUM_TEST, seed + 1)
+  x_train, y_train = synthetic_split(num_train, seed)
+  x_test, y_test = synthetic_split(num_test, seed + 1)
   np.savez(path, x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test)
   return str(path)
 
@@ -82,7 +82,7 @@ def write_idx_dir(folder, seed=0):
 
 def make_records(records_dir, work_dir, dataset="mnist"):
   """Writes the synthetic dataset's records (2 train shards, 20% validation)."""
-  from tfmnist import prepare  # pylint: disable=g-import-not-at-top
+  from tfmnist.data import prepare  # pylint: disable=g-import-not-at-top
   os.makedirs(work_dir, exist_ok=True)
   source = write_npz(os.path.join(work_dir, f"{dataset}.npz"))
   prepare.make_records(prepare.PrepareConfig(
@@ -111,28 +111,69 @@ def shared_records(tmp_path_factory):
 
 def train_config(model_dir, records_dir, **fields):
   """TrainConfig of a small quiet run: mlp, 1 epoch of 15 steps, no export."""
-  from tfmnist import train_lib  # pylint: disable=g-import-not-at-top
+  from tfmnist.training import config as config_lib  # pylint: disable=g-import-not-at-top
   fields.setdefault("model", "mlp")
   fields.setdefault("epochs", 1)
   fields.setdefault("global_batch_size", 32)
   fields.setdefault("eval_batch_size", 60)
   fields.setdefault("export", False)
   fields.setdefault("progress", False)
-  return train_lib.TrainConfig(model_dir=str(model_dir), records_dir=str(records_dir),
-                               **fields)
+  return config_lib.TrainConfig(model_dir=str(model_dir), records_dir=str(records_dir),
+                                **fields)
 
 
-def train_in_process(model_dir, records_dir, **fields):
-  """train_lib.train_and_evaluate of train_config(...); returns its final metrics.
+def train_in_process(model_dir, records_dir, say=print, **fields):
+  """training.loop.train_and_evaluate of train_config(...); returns its final metrics.
 
-  Restores the float32 dtype policy afterwards so that later tests see the default.
+  Messages go to `say` (print, as the command line does). Restores the
+  float32 dtype policy afterwards so that later tests see the default.
   """
   import keras  # pylint: disable=g-import-not-at-top
-  from tfmnist import train_lib  # pylint: disable=g-import-not-at-top
+  from tfmnist.training import loop  # pylint: disable=g-import-not-at-top
   try:
-    return train_lib.train_and_evaluate(train_config(model_dir, records_dir, **fields))
+    return loop.train_and_evaluate(train_config(model_dir, records_dir, **fields), say=say)
   finally:
     keras.mixed_precision.set_global_policy("float32")
+
+
+def shared_run(tmp_path_factory):
+  """(records folder, run folder) of the session's one finished run.
+
+  An mlp trained in process for 2 epochs of 15 steps on the shared records,
+  with everything a run leaves: export/, checkpoints/ (steps 15 and 30),
+  best/, logs/, config.json, manifest.json and metrics.json. Nobody changes
+  it; tests that do work on a copy.
+  """
+  records_dir = shared_records(tmp_path_factory)
+  with _SHARED_LOCK:
+    if "run" not in _SHARED:
+      run_dir = tmp_path_factory.mktemp("shared_run") / "run"
+      train_in_process(run_dir, records_dir, say=lambda message: None, epochs=2, export=True,
+                       flags_text="--model=mlp\n--epochs=2.0\n")
+      _SHARED["run"] = str(run_dir)
+  return records_dir, _SHARED["run"]
+
+
+def random_export(destination, class_names=tuple(str(i) for i in range(10)), seed=1):
+  """Exports an untrained mlp (a second, different ensemble member); returns its folder."""
+  import keras  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from tfmnist import models  # pylint: disable=g-import-not-at-top
+  from tfmnist.data import pixels  # pylint: disable=g-import-not-at-top
+  from tfmnist.training import export  # pylint: disable=g-import-not-at-top
+  keras.utils.set_random_seed(seed)
+  model = models.create("mlp", len(class_names))
+  model(pixels.normalize(tf.zeros([1, 28, 28, 1], tf.uint8)), training=False)
+  return export.export(model, list(class_names), str(destination))
+
+
+def keras_probabilities(run, checkpoint_path, images):
+  """Softmax of a restored run's Keras model after restoring one checkpoint."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from tfmnist.data import pixels  # pylint: disable=g-import-not-at-top
+  run.checkpoint.restore(checkpoint_path).assert_existing_objects_matched()
+  logits = run.model(pixels.normalize(tf.constant(images)), training=False)
+  return tf.nn.softmax(logits).numpy()
 
 
 def restore_run(model_dir, records_dir, **fields):
@@ -142,16 +183,17 @@ def restore_run(model_dir, records_dir, **fields):
     (run, validation Examples).
   """
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  from tfmnist import data, records, train_lib  # pylint: disable=g-import-not-at-top
+  from tfmnist.data import pipeline, records  # pylint: disable=g-import-not-at-top
+  from tfmnist.training import state  # pylint: disable=g-import-not-at-top
   config = train_config(model_dir, records_dir, **fields)
   info = records.read_info(config.records_dir, config.dataset)
-  steps_per_epoch = data.pipeline_steps(
+  steps_per_epoch = pipeline.pipeline_steps(
       [s["count"] for s in info["splits"]["train"]["shards"]], config.global_batch_size)
   total_steps = int(np.ceil(config.epochs * steps_per_epoch))
-  val = data.read_examples(records.split_files(config.records_dir, config.dataset,
-                                               "validation"))
-  run = train_lib.create_run(config, tf.distribute.get_strategy(), info, val.image[:2],
-                             total_steps, steps_per_epoch)
+  val = pipeline.read_examples(records.split_files(config.records_dir, config.dataset,
+                                                   "validation"))
+  run = state.create_run(config, tf.distribute.get_strategy(), info["num_classes"],
+                         val.image[:2], total_steps, steps_per_epoch)
   latest = tf.train.latest_checkpoint(os.path.join(str(model_dir), "checkpoints"))
   run.checkpoint.restore(latest).assert_existing_objects_matched()
   return run, val
@@ -258,6 +300,12 @@ def runs_fixture(runs_class, folder, job_order, needs, implied=None):
   return runs
 
 
+def slow_tests_selected(request):
+  """Whether this module's selected tests include slow ones (which start commands)."""
+  return any(item.get_closest_marker("slow") for item in request.session.items
+             if item.module is request.module)
+
+
 def submit_needed(request, runs, job_order, needs, implied=None):
   """Starts, in `job_order`, the background runs the module's selected tests need.
 
@@ -354,8 +402,8 @@ def register_tiny_bn():
 
 def _slow_down_loop(seconds):
   import time  # pylint: disable=g-import-not-at-top
-  from tfmnist import train_lib  # pylint: disable=g-import-not-at-top
-  make_loop = train_lib.make_train_loop
+  from tfmnist.training import step  # pylint: disable=g-import-not-at-top
+  make_loop = step.make_train_loop
 
   def make_slow_loop(*args, **kwargs):
     loop = make_loop(*args, **kwargs)
@@ -366,7 +414,7 @@ def _slow_down_loop(seconds):
 
     return slow_loop
 
-  train_lib.make_train_loop = make_slow_loop
+  step.make_train_loop = make_slow_loop
 
 
 def main():
@@ -374,7 +422,7 @@ def main():
   register_tiny_bn()
   if os.environ.get(SECONDS_PER_LOOP_ENV):
     _slow_down_loop(float(os.environ[SECONDS_PER_LOOP_ENV]))
-  from tfmnist import train  # pylint: disable=g-import-not-at-top
+  from tfmnist.cli import train  # pylint: disable=g-import-not-at-top
   train.run()
 
 

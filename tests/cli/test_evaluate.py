@@ -11,9 +11,12 @@ from PIL import Image
 import pytest
 
 import train_fixtures as tfx
-from test_inference import shared_cli_run
-from tfmnist import data, inference, predict, prepare, records
+from tfmnist.cli import predict
+from tfmnist.data import pipeline, prepare, records
+from tfmnist.serving import inference
 from tfmnist.errors import DataError
+
+pytestmark = pytest.mark.slow  # Every test here runs the command.
 
 FIGURES = ["confusion.png", "curves.png", "mistakes.png", "reliability.png", "robustness.png"]
 FIVE_CLASSES = ("a", "b", "c", "d", "e")
@@ -39,7 +42,7 @@ def _five_class_records(root):
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
   """Copies of the shared run, a 5-class dataset, and the commands' results."""
-  records_dir, run_dir = shared_cli_run(tmp_path_factory)
+  records_dir, run_dir = tfx.shared_run(tmp_path_factory)
   root = tmp_path_factory.mktemp("evaluate")
   s = types.SimpleNamespace(records_dir=records_dir, root=root)
   s.run_dir = tfx.copy_tree(run_dir, root / "run")
@@ -102,8 +105,8 @@ def test_evaluate_metrics_and_summary(setup):
   assert sorted(saved["robustness"]) == ["gaussian noise", "rotation", "shift"]
   assert len(saved["per_class"]) == 10
   # The export's own predictions on the test split give the same accuracy.
-  examples = data.read_examples(records.split_files(setup.records_dir, "mnist", "test"))
-  predictor = inference.Predictor(os.path.join(setup.run_dir, "export"))
+  examples = pipeline.read_examples(records.split_files(setup.records_dir, "mnist", "test"))
+  predictor = inference.ExportedModel(os.path.join(setup.run_dir, "export"))
   predicted = predictor.predict(examples.image.numpy()).argmax(-1)
   wrong = int(np.sum(predicted != examples.label.numpy()))
   assert saved["error_count"] == wrong and saved["count"] == tfx.NUM_TEST
@@ -135,8 +138,9 @@ def test_calibrating_on_a_dataset_with_another_class_count_is_refused(setup):
   ensemble = inference.Ensemble([member, member], settings)
   with pytest.raises(DataError) as raised:
     predict.calibrate(ensemble, "validation", 1000)
-  assert str(raised.value) == (f"{records.dataset_dir(setup.five_records, 'five')}: 5 classes, "
-                               "but the 2 models predict 10")
+  assert str(raised.value) == (
+      f"--calibrate_split=validation: {records.dataset_dir(setup.five_records, 'five')}: "
+      "5 classes, but the 2 models predict 10")
   assert ensemble.temperature == 1.0 and not ensemble.calibrated_on
 
 

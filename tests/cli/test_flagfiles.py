@@ -2,7 +2,7 @@
 
 from absl import flags
 
-from tfmnist import flagfiles
+from tfmnist.cli import flagfiles
 
 
 def test_overridden_reads_nested_flagfiles_and_each_flag_form(tmp_path):

@@ -10,7 +10,10 @@ import pathlib
 import subprocess
 import sys
 
-REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+import pytest
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.slow  # Every test here runs the command.
 # TensorFlow's C++ startup messages, printed before absl logging is set up.
 _NOISE_PREFIXES = ("I0000", "E0000", "W0000", "WARNING: All log messages")
 

@@ -16,9 +16,11 @@ import pytest
 import tensorflow as tf
 
 import train_fixtures as tfx
-from test_inference import random_export, shared_cli_run
-from tfmnist import data, export, inference, metrics, predict, records
-from tfmnist import images as images_lib
+from tfmnist import metrics
+from tfmnist.cli import predict
+from tfmnist.data import photos, pipeline, records
+from tfmnist.serving import inference
+from tfmnist.training import export
 from tfmnist.errors import DataError
 
 PIXELS = [f"pixel{i}" for i in range(784)]
@@ -49,9 +51,9 @@ def _predict_command(*args):
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
+def setup(request, tmp_path_factory):
   """Inputs in every format, a second ensemble member, and every command's result."""
-  records_dir, run_dir = shared_cli_run(tmp_path_factory)
+  records_dir, run_dir = tfx.shared_run(tmp_path_factory)
   root = tmp_path_factory.mktemp("predict")
   s = types.SimpleNamespace(records_dir=records_dir, run_dir=run_dir, root=root)
   # Kaggle Digit Recognizer test.csv: pixels only.
@@ -86,7 +88,7 @@ def setup(tmp_path_factory):
   s.empty_run.mkdir()
   # The second member of the ensemble, named by a glob.
   s.member_dir = str(root / "members" / "run_b")
-  random_export(os.path.join(s.member_dir, "export"))
+  tfx.random_export(os.path.join(s.member_dir, "export"))
   s.ensemble_export = str(root / "ensemble_export")
   s.calibrated_export = str(root / "calibrated_export")
   # A run that (by its manifest) learned from the validation split.
@@ -119,18 +121,20 @@ def setup(tmp_path_factory):
       "calibrate_trained": [f"--model_dir={s.refit_run}", "--calibrate_split=validation",
                             f"--export_ensemble={s.refused_export}"],
   }
-  jobs = tfx.Jobs(max_parallel=2)
-  s.results = {name: jobs.submit(name, _predict_command, *args)
-               for name, args in commands.items()}
-  s.predictor = inference.Predictor(os.path.join(run_dir, "export"))
-  s.member = inference.Predictor(os.path.join(s.member_dir, "export"))
+  # The commands run in the background, two at a time, when slow tests are selected.
+  s.jobs, s.commands = tfx.Jobs(max_parallel=2), commands
+  if tfx.slow_tests_selected(request):
+    for name, args in commands.items():
+      s.jobs.submit(name, _predict_command, *args)
+  s.predictor = inference.ExportedModel(os.path.join(run_dir, "export"))
+  s.member = inference.ExportedModel(os.path.join(s.member_dir, "export"))
   s.ensemble = inference.Ensemble([s.predictor, s.member])
   yield s
-  jobs.close()
+  s.jobs.close()
 
 
 def _result(setup, name):
-  return setup.results[name].result()
+  return setup.jobs.submit(name, _predict_command, *setup.commands[name]).result()
 
 
 def _read_csv(path):
@@ -175,7 +179,7 @@ def test_read_inputs_of_a_kannada_csv(setup):
 def test_read_inputs_of_records(setup):
   """A records dataset folder: the split's images, indices and labels."""
   inputs = predict.read_inputs(os.path.join(setup.records_dir, "mnist"), 10, "test")
-  examples = data.read_examples(records.split_files(setup.records_dir, "mnist", "test"))
+  examples = pipeline.read_examples(records.split_files(setup.records_dir, "mnist", "test"))
   assert inputs.kind == "records"
   assert predict.header(inputs) == ["index", "label", "prediction", "probability"]
   np.testing.assert_array_equal(inputs.labels, examples.label.numpy())
@@ -235,6 +239,7 @@ def test_write_csv(tmp_path):
 # ----------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_digit_recognizer_submission(setup):
   """ImageId,Label with 1-based ids in input order; labels are the export's argmax."""
   result = tfx.check(_result(setup, "digit"))
@@ -247,6 +252,7 @@ def test_digit_recognizer_submission(setup):
   assert os.listdir(setup.out["digit"]) == ["sub.csv"]
 
 
+@pytest.mark.slow
 def test_kannada_submission_echoes_the_ids(setup):
   """id,label with the file's ids, in file order."""
   tfx.check(_result(setup, "kannada"))
@@ -256,10 +262,11 @@ def test_kannada_submission_echoes_the_ids(setup):
   assert lines[1:] == [[i, str(label)] for i, label in zip(KANNADA_IDS, expected)]
 
 
+@pytest.mark.slow
 def test_records_split_is_printed(setup):
   """A records folder with --split: one printed row per example, accuracy on stderr."""
   result = tfx.check(_result(setup, "records"))
-  examples = data.read_examples(records.split_files(setup.records_dir, "mnist", "test"))
+  examples = pipeline.read_examples(records.split_files(setup.records_dir, "mnist", "test"))
   probabilities = setup.predictor.predict(examples.image.numpy())
   labels = examples.label.numpy()
   rows = [line.split(",") for line in result.stdout.strip().splitlines()]
@@ -273,12 +280,13 @@ def test_records_split_is_printed(setup):
   assert f"predicting: [{'#' * 24}] {tfx.NUM_TEST}/{tfx.NUM_TEST} " in result.stderr
 
 
+@pytest.mark.slow
 def test_image_folder_is_printed(setup):
   """An image folder: one line per image file (others skipped): file, label, name, probability."""
   result = tfx.check(_result(setup, "ensemble"))
   lines = [line for line in result.stdout.strip().splitlines() if not line.startswith("ensemble")]
   assert len(lines) == len(setup.photo_paths), result.stdout
-  pixels, _ = images_lib.load_images(setup.photo_paths)
+  pixels, _ = photos.load_images(setup.photo_paths)
   probabilities = setup.ensemble.predict(pixels)
   for line, path, p in zip(lines, setup.photo_paths, probabilities):
     file, label, name, probability = line.split(",")
@@ -287,6 +295,7 @@ def test_image_folder_is_printed(setup):
     assert float(probability) == pytest.approx(p.max(), abs=2e-6)
 
 
+@pytest.mark.slow
 def test_calibrate_split_fits_a_temperature_into_the_export(setup):
   result = tfx.check(_result(setup, "calibrated"))
   match = re.search(r"^temperature (\S+) fitted on mnist validation \(120 images\): "
@@ -307,18 +316,20 @@ def test_calibrate_split_fits_a_temperature_into_the_export(setup):
                              atol=1e-5)
 
 
+@pytest.mark.slow
 def test_calibrating_on_a_split_the_models_trained_on_is_refused(setup):
   _assert_one_line_error(_result(setup, "calibrate_trained"),
-                         "--calibrate_split=validation: the models trained on it")
+                         "--calibrate_split=validation: the models trained on validation")
   assert not os.path.exists(setup.refused_export)
 
 
+@pytest.mark.slow
 def test_two_model_dirs_make_an_ensemble(setup):
   """--model_dir twice (one a glob) averages the models; --export_ensemble saves the average."""
   result = tfx.check(_result(setup, "ensemble"))
   assert "from 2 model(s)" in result.stderr
   assert f"ensemble of 2 models exported to {setup.ensemble_export}" in result.stdout
-  pixels, _ = images_lib.load_images(setup.photo_paths)
+  pixels, _ = photos.load_images(setup.photo_paths)
   probabilities = setup.ensemble.predict(pixels)
   printed = [float(line.split(",")[-1]) for line in result.stdout.strip().splitlines()[1:]]
   np.testing.assert_allclose(printed, probabilities.max(-1), atol=2e-6)
@@ -340,18 +351,21 @@ def test_two_model_dirs_make_an_ensemble(setup):
     assert f.read().splitlines() == setup.predictor.class_names
 
 
+@pytest.mark.slow
 def test_csv_with_wrong_columns(setup):
   """783 pixel columns: one-line error naming the file, no output written."""
   _assert_one_line_error(_result(setup, "bad_csv"), setup.bad_csv)
   assert os.listdir(setup.out["bad_csv"]) == []
 
 
+@pytest.mark.slow
 def test_undecodable_image(setup):
   """A file that is no image: one-line error naming it, no output written."""
   _assert_one_line_error(_result(setup, "bad_image"), setup.broken_png)
   assert os.listdir(setup.out["bad_image"]) == []
 
 
+@pytest.mark.slow
 def test_model_dir_without_export_or_checkpoints(setup):
   """A run folder with nothing to load: one-line error naming it, no output written."""
   _assert_one_line_error(_result(setup, "no_model"), setup.empty_run)

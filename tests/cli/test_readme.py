@@ -46,6 +46,7 @@ def export_dir(tmp_path_factory):
   return root / "run" / "export"
 
 
+@pytest.mark.slow
 def test_loading_snippet_runs_without_tfmnist(export_dir, tmp_path):
   """The Python snippet loads a real export in a fresh interpreter and prints its outputs."""
   root = tmp_path
@@ -63,20 +64,26 @@ def test_loading_snippet_runs_without_tfmnist(export_dir, tmp_path):
   assert lines[-1] == "[]"  # The snippet never imported tfmnist.
 
 
-def test_serving_request_body_matches_the_signature(export_dir):
-  """The REST body's "instances" layout, filled with real images, is what the signature takes."""
+def _expand_elisions(body):
+  """The README's request body with its "..." filled in: rows of 28 zeros, 28 rows."""
+  row = "[" + ", ".join(["0"] * 28) + "]"
+  body = body.replace("[0, 0, ..., 0]", row)
+  return body.replace(f"[{row}, ..., {row}]", "[" + ", ".join([row] * 28) + "]")
+
+
+def test_serving_request_and_answer_match_the_signature(export_dir):
+  """The README's REST request, pixels filled in, is what the signature takes, and its
+  answer names what the signature returns."""
   section = _section("Loading the model elsewhere")
   (request,) = [b for b in _blocks(section) if "v1/models" in b]
-  body = re.search(r"-d '(.*)'", request, re.S).group(1)
-  # The README elides pixels with "..."; build the same nesting with real values.
-  assert body.count("[[[") == 1 and '"instances"' in body
-  images = tfx.synthetic_split(3, seed=5)[0]
-  payload = json.loads(json.dumps({"signature_name": "serving_default",
-                                   "instances": images.tolist()}))
+  payload = json.loads(_expand_elisions(re.search(r"-d '(.*)'", request, re.S).group(1)))
+  # TensorFlow Serving's row format: each instance is one value of the one input.
   instances = np.array(payload["instances"], np.uint8)
-  assert instances.shape == (3, 28, 28)
-  serve = tf.saved_model.load(str(export_dir)).signatures[
-      payload["signature_name"]]
+  assert instances.shape == (1, 28, 28)
+  serve = tf.saved_model.load(str(export_dir)).signatures[payload["signature_name"]]
+  assert list(serve.structured_input_signature[1]) == ["images"]
   out = serve(images=tf.constant(instances))
-  assert out["probabilities"].shape == (3, 10)
-  assert out["classes"].dtype == tf.int64
+  answer = re.search(r'`(\{"predictions": .*\})`', section).group(1)
+  prediction = json.loads(answer.replace("[...]", "[]"))["predictions"][0]
+  assert sorted(prediction) == sorted(out)
+  assert out["probabilities"].shape == (1, 10) and out["classes"].dtype == tf.int64

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tfmnist import augment
-from tfmnist.augment import AugmentConfig
+from tfmnist.data import augment
+from tfmnist.data.augment import AugmentConfig
 
 SEED = 17
 BATCH = 8

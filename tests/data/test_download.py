@@ -1,4 +1,4 @@
-"""Tests of tfmnist.sources.download and the tfds fallback, against a local mirror.
+"""Tests of tfmnist.data.sources.download and the tfds fallback, against a local mirror.
 
 The machine has no internet: every request goes to an HTTP server that the
 `mirror` fixture starts on 127.0.0.1 and stops after the test.
@@ -22,14 +22,15 @@ import zipfile
 import numpy as np
 import pytest
 
-from tfmnist import datasets, prepare
+from tfmnist.data import catalog as datasets
+from tfmnist.data import prepare
 from tfmnist.errors import DataError
-from tfmnist.sources import download
-from tfmnist.sources import tfds as tfds_source
+from tfmnist.data.sources import download
+from tfmnist.data.sources import tfds as tfds_source
 
 # Real MNIST lives beside the repository and is only ever copied into tmp_path.
 MNIST_DIR = os.environ.get("TFMNIST_REAL_MNIST_DIR", os.path.join(
-    os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "data", "mnist"))
+    os.path.dirname(os.path.abspath(__file__)), "..", "..", "..", "shared", "data", "mnist"))
 MNIST_TEST_FILES = ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")
 MNIST_TRAIN_COUNT = 22_699  # The shared train files are a subset of the official 60,000.
 

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tfmnist import images
+from tfmnist.data import photos as images
 from tfmnist.errors import DataError
 
-MNIST_DIR = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "mnist")
+MNIST_DIR = os.path.join(os.path.dirname(__file__), "..", "..", "..", "shared", "data", "mnist")
 # The ink threshold of tfmnist.images, in uint8 levels.
 INK = 26
 

@@ -6,16 +6,14 @@ rows it holds, and each image carries its row in its pixels so that images are
 checked to travel with their labels.
 """
 
-import errno
 import json
 import logging
-import os
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from tfmnist import data, records
+from tfmnist.data import pipeline, pixels, records
 from tfmnist.errors import DataError
 
 
@@ -48,7 +46,7 @@ def train_split(tmp_path_factory):
   count = 43
   rows = np.arange(count)
   files, counts = _write(tmp_path_factory.mktemp("train"), _images_for(rows), rows, rows, 4)
-  return files, counts, data.read_examples(files)
+  return files, counts, pipeline.read_examples(files)
 
 
 @pytest.fixture(scope="module")
@@ -71,9 +69,9 @@ def _labels(batches):
 
 
 def _train(examples, seed=0, start_step=0, num_steps=None):
-  num_steps = num_steps or data.steps_per_epoch(len(examples), GLOBAL_BATCH)
-  shard = data.plan_shard(["unused"], GLOBAL_BATCH)
-  return data.train_dataset(examples, shard, seed, num_steps, start_step)
+  num_steps = num_steps or pipeline.steps_per_epoch(len(examples), GLOBAL_BATCH)
+  shard = pipeline.plan_shard(["unused"], GLOBAL_BATCH)
+  return pipeline.train_dataset(examples, shard, seed, num_steps, start_step)
 
 
 # ----------------------------------------------------------------------------
@@ -91,7 +89,7 @@ def test_read_examples_round_trips_in_file_order(tmp_path):
   indices = np.arange(count) * 3 + 11
   files, _ = _write(tmp_path, images, labels, indices, 2)
 
-  examples = data.read_examples(files)
+  examples = pipeline.read_examples(files)
 
   assert len(examples) == count
   assert examples.image.dtype == tf.uint8
@@ -104,14 +102,14 @@ def test_read_examples_round_trips_in_file_order(tmp_path):
 
 def test_read_examples_of_unlabeled_split_gives_minus_one(tmp_path):
   files, _ = _write(tmp_path, _images_for(range(5)), None, np.arange(5), 1)
-  np.testing.assert_array_equal(data.read_examples(files).label.numpy(),
+  np.testing.assert_array_equal(pipeline.read_examples(files).label.numpy(),
                                 [records.UNLABELED] * 5)
 
 
 def test_read_examples_of_empty_files_raises(tmp_path):
   files, _ = _write(tmp_path, np.zeros((0, 28, 28), np.uint8), None, np.zeros(0), 1)
   with pytest.raises(ValueError, match="no examples in 1 files"):
-    data.read_examples(files)
+    pipeline.read_examples(files)
 
 
 def test_normalize_maps_uint8_to_unit_floats_with_channel():
@@ -120,7 +118,7 @@ def test_normalize_maps_uint8_to_unit_floats_with_channel():
   images[1, 5, 7] = 128
   images[2] = 255
 
-  out = data.normalize(tf.constant(images))
+  out = pixels.normalize(tf.constant(images))
 
   assert out.dtype == tf.float32
   assert out.shape == (3, 28, 28, 1)
@@ -134,7 +132,7 @@ def test_normalize_maps_uint8_to_unit_floats_with_channel():
 
 def test_normalize_keeps_an_existing_channel_axis_and_honours_dtype():
   images = tf.fill([2, 28, 28, 1], tf.constant(51, tf.uint8))
-  out = data.normalize(images, tf.bfloat16)
+  out = pixels.normalize(images, tf.bfloat16)
   assert out.dtype == tf.bfloat16
   assert out.shape == (2, 28, 28, 1)
   np.testing.assert_allclose(out.numpy().astype(np.float32), 0.2, atol=1e-2)
@@ -146,16 +144,17 @@ def test_parse_and_normalize_agree_eagerly_in_tf_data_and_tf_function():
   serialized = [records.serialize_example(images[i].tobytes(), i, 100 + i,
                                           f"id{i}".encode()) for i in range(count)]
 
-  def pipeline(batch):
-    parsed = data.parse_batch(batch)
+  def parse_and_normalize(batch):
+    parsed = pipeline.parse_batch(batch)
     return normalize_and_label(parsed)
 
   def normalize_and_label(parsed):
-    return data.normalize(parsed["image"]), parsed["label"], parsed["index"], parsed["id"]
+    return pixels.normalize(parsed["image"]), parsed["label"], parsed["index"], parsed["id"]
 
-  eager = pipeline(tf.constant(serialized))
-  in_data = next(iter(tf.data.Dataset.from_tensor_slices(serialized).batch(count).map(pipeline)))
-  in_function = tf.function(pipeline)(tf.constant(serialized))
+  eager = parse_and_normalize(tf.constant(serialized))
+  in_data = next(iter(tf.data.Dataset.from_tensor_slices(serialized).batch(count)
+                      .map(parse_and_normalize)))
+  in_function = tf.function(parse_and_normalize)(tf.constant(serialized))
 
   np.testing.assert_allclose(eager[0].numpy()[..., 0], images / 255.0, rtol=1e-6)
   np.testing.assert_array_equal(eager[1].numpy(), np.arange(count))
@@ -182,7 +181,7 @@ def test_train_batches_have_static_shapes(train_split):
 
 def test_each_epoch_is_a_permutation_and_epochs_reshuffle(train_split):
   _, _, examples = train_split
-  steps = data.steps_per_epoch(len(examples), GLOBAL_BATCH)
+  steps = pipeline.steps_per_epoch(len(examples), GLOBAL_BATCH)
   assert steps == 5  # 43 // 8: the last 3 rows of each epoch's order are dropped.
 
   batches = _take(_train(examples), 2 * steps)
@@ -233,9 +232,9 @@ def test_train_dataset_runs_without_the_autotuner(train_split):
 
 
 def test_steps_per_epoch_refuses_a_batch_larger_than_the_data():
-  assert data.steps_per_epoch(43, 8) == 5
+  assert pipeline.steps_per_epoch(43, 8) == 5
   with pytest.raises(ValueError, match="global batch size 64 is larger than the 43"):
-    data.steps_per_epoch(43, 64)
+    pipeline.steps_per_epoch(43, 64)
 
 
 # ----------------------------------------------------------------------------
@@ -251,9 +250,9 @@ def _context(pipeline_id, pipelines=2, replicas=2):
 
 def test_plan_shard_by_file_when_shards_divide():
   files = [f"f{i}" for i in range(4)]
-  for pipeline in (0, 1):
-    shard = data.plan_shard(files, GLOBAL_BATCH, _context(pipeline))
-    assert shard.files == tuple(files[pipeline::2])
+  for pipeline_id in (0, 1):
+    shard = pipeline.plan_shard(files, GLOBAL_BATCH, _context(pipeline_id))
+    assert shard.files == tuple(files[pipeline_id::2])
     assert (shard.row_offset, shard.rows_per_batch, shard.batch_rows) == (0, 4, 4)
     assert shard.per_replica_batch_size == 4
 
@@ -271,20 +270,20 @@ def test_plan_shard_by_data_with_a_warning_when_shards_do_not_divide():
   files = [f"f{i}" for i in range(3)]
   handler = _capture_absl_warnings()
   try:
-    shards = [data.plan_shard(files, GLOBAL_BATCH, _context(p)) for p in (0, 1)]
+    shards = [pipeline.plan_shard(files, GLOBAL_BATCH, _context(p)) for p in (0, 1)]
   finally:
     logging.getLogger("absl").removeHandler(handler)
   assert any("3 shards do not divide among 2 input pipelines" in m for m in handler.messages)
-  for pipeline, shard in enumerate(shards):
+  for pipeline_id, shard in enumerate(shards):
     assert shard.files == tuple(files)
-    assert shard.row_offset == 4 * pipeline
+    assert shard.row_offset == 4 * pipeline_id
     assert (shard.rows_per_batch, shard.batch_rows, shard.per_replica_batch_size) == (4, 8, 4)
 
 
 def test_plan_shard_by_file_warns_nothing():
   handler = _capture_absl_warnings()
   try:
-    data.plan_shard(["a", "b"], GLOBAL_BATCH, _context(0))
+    pipeline.plan_shard(["a", "b"], GLOBAL_BATCH, _context(0))
   finally:
     logging.getLogger("absl").removeHandler(handler)
   assert not handler.messages
@@ -292,22 +291,22 @@ def test_plan_shard_by_file_warns_nothing():
 
 def test_plan_shard_rejects_bad_arguments():
   with pytest.raises(ValueError, match="global batch size 9 does not divide among 2"):
-    data.plan_shard(["a", "b"], 9, _context(0))
+    pipeline.plan_shard(["a", "b"], 9, _context(0))
   with pytest.raises(ValueError, match="1 shards cannot be split by file among 2"):
-    data.plan_shard(["a"], GLOBAL_BATCH, _context(0), sharding="file")
+    pipeline.plan_shard(["a"], GLOBAL_BATCH, _context(0), sharding="file")
   with pytest.raises(ValueError, match="'rows'"):
-    data.plan_shard(["a"], GLOBAL_BATCH, _context(0), sharding="rows")
+    pipeline.plan_shard(["a"], GLOBAL_BATCH, _context(0), sharding="rows")
 
 
 def test_data_sharded_pipelines_split_each_global_batch(train_split):
   files, counts, examples = train_split
-  steps = data.pipeline_steps(counts, GLOBAL_BATCH, num_pipelines=2, sharding="data")
-  assert steps == data.pipeline_steps(counts, GLOBAL_BATCH) == 5
+  steps = pipeline.pipeline_steps(counts, GLOBAL_BATCH, num_pipelines=2, sharding="data")
+  assert steps == pipeline.pipeline_steps(counts, GLOBAL_BATCH) == 5
   single = _take(_train(examples, seed=6), 2 * steps)
   halves = []
-  for pipeline in (0, 1):
-    shard = data.plan_shard(files, GLOBAL_BATCH, _context(pipeline), sharding="data")
-    halves.append(_take(data.train_dataset(examples, shard, 6, steps), 2 * steps))
+  for pipeline_id in (0, 1):
+    shard = pipeline.plan_shard(files, GLOBAL_BATCH, _context(pipeline_id), sharding="data")
+    halves.append(_take(pipeline.train_dataset(examples, shard, 6, steps), 2 * steps))
   for whole, first, second in zip(single, *halves):
     assert first["label"].shape == (4,)
     np.testing.assert_array_equal(first["label"], whole["label"][:4])
@@ -318,12 +317,12 @@ def test_data_sharded_pipelines_split_each_global_batch(train_split):
 
 def test_file_sharded_pipelines_read_disjoint_rows(train_split):
   files, counts, _ = train_split
-  steps = data.pipeline_steps(counts, GLOBAL_BATCH, num_pipelines=2)
+  steps = pipeline.pipeline_steps(counts, GLOBAL_BATCH, num_pipelines=2)
   seen = []
-  for pipeline in (0, 1):
-    shard = data.plan_shard(files, GLOBAL_BATCH, _context(pipeline))
-    examples = data.read_examples(shard.files)
-    seen.append(set(_labels(_take(data.train_dataset(examples, shard, 0, steps), steps))))
+  for pipeline_id in (0, 1):
+    shard = pipeline.plan_shard(files, GLOBAL_BATCH, _context(pipeline_id))
+    examples = pipeline.read_examples(shard.files)
+    seen.append(set(_labels(_take(pipeline.train_dataset(examples, shard, 0, steps), steps))))
     assert len(seen[-1]) == steps * 4
   assert not seen[0] & seen[1]
 
@@ -332,15 +331,15 @@ def test_pipeline_steps_is_the_minimum_over_pipelines():
   counts = [10, 9, 7, 4]
   # By file: pipeline 0 reads shards 0 and 2 (17 rows, 8 steps of 2), pipeline 1
   # shards 1 and 3 (13 rows, 6 steps of 2).
-  assert data.pipeline_steps(counts, 4, num_pipelines=2) == 6
-  assert data.pipeline_steps(counts, 4) == 7
-  assert data.pipeline_steps(counts, 4, num_pipelines=2, sharding="data") == 7
+  assert pipeline.pipeline_steps(counts, 4, num_pipelines=2) == 6
+  assert pipeline.pipeline_steps(counts, 4) == 7
+  assert pipeline.pipeline_steps(counts, 4, num_pipelines=2, sharding="data") == 7
   # Three shards do not divide among 2 pipelines: by data, all 27 rows each.
-  assert data.pipeline_steps([10, 10, 7], 4, num_pipelines=2) == 6
+  assert pipeline.pipeline_steps([10, 10, 7], 4, num_pipelines=2) == 6
 
 
 def test_num_input_pipelines_of_the_default_strategy_is_one():
-  assert data.num_input_pipelines(tf.distribute.get_strategy()) == 1
+  assert pipeline.num_input_pipelines(tf.distribute.get_strategy()) == 1
 
 
 # ----------------------------------------------------------------------------
@@ -351,11 +350,11 @@ def test_num_input_pipelines_of_the_default_strategy_is_one():
 def test_distribute_train_splits_the_global_batch_among_replicas(train_split):
   files, counts, _ = train_split
   strategy = _two_replicas()
-  assert data.num_input_pipelines(strategy) == 1
+  assert pipeline.num_input_pipelines(strategy) == 1
   start_step = 3
-  distributed, steps = data.distribute_train(strategy, files, counts, GLOBAL_BATCH, seed=2,
+  distributed, steps = pipeline.distribute_train(strategy, files, counts, GLOBAL_BATCH, seed=2,
                                              start_step=start_step)
-  single, single_steps = data.distribute_train(tf.distribute.get_strategy(), files, counts,
+  single, single_steps = pipeline.distribute_train(tf.distribute.get_strategy(), files, counts,
                                                GLOBAL_BATCH, seed=2, start_step=start_step)
   assert steps == single_steps == 5
   distributed_batches, single_batches = iter(distributed), iter(single)
@@ -389,7 +388,7 @@ def _check_counted_once(batches, labels):
 
 def test_eval_dataset_counts_every_example_once(eval_split):
   files, _, labels = eval_split
-  dataset = data.eval_dataset(data.read_examples(files), data.plan_shard(files, GLOBAL_BATCH))
+  dataset = pipeline.eval_dataset(pipeline.read_examples(files), pipeline.plan_shard(files, GLOBAL_BATCH))
   assert dataset.element_spec["image"].shape == (GLOBAL_BATCH, 28, 28, 1)
   batches = _take(dataset, 100)
   assert len(batches) == 5  # 37 rows: 4 full batches and one of 5 rows + 3 padding.
@@ -399,11 +398,11 @@ def test_eval_dataset_counts_every_example_once(eval_split):
 
 def test_eval_dataset_over_two_data_sharded_pipelines_counts_every_example_once(eval_split):
   files, _, labels = eval_split
-  examples = data.read_examples(files)
+  examples = pipeline.read_examples(files)
   batches = []
-  for pipeline in (0, 1):
-    shard = data.plan_shard(files, GLOBAL_BATCH, _context(pipeline), sharding="data")
-    batches += _take(data.eval_dataset(examples, shard), 100)
+  for pipeline_id in (0, 1):
+    shard = pipeline.plan_shard(files, GLOBAL_BATCH, _context(pipeline_id), sharding="data")
+    batches += _take(pipeline.eval_dataset(examples, shard), 100)
   assert len(batches) == 10
   _check_counted_once(batches, labels)
 
@@ -412,7 +411,7 @@ def test_distribute_eval_over_two_replicas_counts_every_example_once(eval_split)
   files, _, labels = eval_split
   strategy = _two_replicas()
   batches = []
-  for batch in data.distribute_eval(strategy, data.read_examples(files), GLOBAL_BATCH):
+  for batch in pipeline.distribute_eval(strategy, pipeline.read_examples(files), GLOBAL_BATCH):
     for part in strategy.experimental_local_results(batch):
       assert part["mask"].shape == (4,)
       batches.append({k: v.numpy() for k, v in part.items()})
@@ -422,74 +421,9 @@ def test_distribute_eval_over_two_replicas_counts_every_example_once(eval_split)
 
 def test_distribute_eval_on_one_replica_counts_every_example_once(eval_split):
   files, _, labels = eval_split
-  batches = _take(data.distribute_eval(tf.distribute.get_strategy(), data.read_examples(files),
-                                       GLOBAL_BATCH), 100)
+  batches = _take(pipeline.distribute_eval(tf.distribute.get_strategy(),
+                                           pipeline.read_examples(files), GLOBAL_BATCH), 100)
   _check_counted_once(batches, labels)
-
-
-def test_write_text_atomically_replaces_whole_files_and_leaves_no_temporary(tmp_path):
-  path = tmp_path / "metrics.json"
-  records.write_text_atomically(str(path), "old\n")
-  records.write_text_atomically(str(path), "new\n")
-  assert path.read_text() == "new\n"
-
-  with pytest.raises(TypeError):
-    records.write_text_atomically(str(path), 123)  # Fails after the temporary is open.
-  assert path.read_text() == "new\n"
-  assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.json"]
-
-
-def test_write_text_atomically_on_a_full_disk_is_one_line_and_keeps_the_old_file(
-    tmp_path, monkeypatch):
-  path = tmp_path / "submission.csv"
-  records.write_text_atomically(str(path), "old\n")
-
-  def full_disk(*args, **kwargs):
-    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-
-  monkeypatch.setattr(records.os, "replace", full_disk)
-  with pytest.raises(DataError) as error:
-    records.write_text_atomically(str(path), "new\n")
-  assert str(error.value) == f"{path}: cannot write: No space left on device; nothing was written"
-  assert path.read_text() == "old\n"
-  assert sorted(p.name for p in tmp_path.iterdir()) == ["submission.csv"]
-
-
-@pytest.mark.parametrize("error", [
-    OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)),
-    OSError(errno.EDQUOT, os.strerror(errno.EDQUOT)),
-    # What TFRecordWriter raises when the disk fills.
-    tf.errors.ResourceExhaustedError(None, None, "foo.tfrecord; No space left on device"),
-], ids=["enospc", "quota", "tensorflow"])
-def test_atomic_folder_turns_a_refused_write_into_one_line(tmp_path, error):
-  final = tmp_path / "mnist"
-  with pytest.raises(DataError) as raised:
-    with records.atomic_folder(str(final)) as tmp:
-      (tmp_path / os.path.basename(tmp) / "part").write_text("half")
-      raise error
-  message = str(raised.value)
-  assert message.startswith(f"{final}: cannot write: ") and message.endswith(
-      "; nothing was written")
-  assert "\n" not in message
-  assert list(tmp_path.iterdir()) == []
-
-
-def test_atomic_folder_lets_other_errors_through(tmp_path):
-  with pytest.raises(FileNotFoundError):
-    with records.atomic_folder(str(tmp_path / "mnist")):
-      open(tmp_path / "no-such-input", encoding="utf-8").close()
-  assert list(tmp_path.iterdir()) == []
-
-
-def test_atomic_folder_keeps_what_another_process_wrote_meanwhile(tmp_path):
-  final = tmp_path / "mnist"
-  with pytest.raises(DataError, match="another process wrote it meanwhile; kept that one"):
-    with records.atomic_folder(str(final)) as tmp:
-      (tmp_path / os.path.basename(tmp) / "info.json").write_text("mine")
-      final.mkdir()  # The other worker's rename lands first.
-      (final / "info.json").write_text("theirs")
-  assert sorted(p.name for p in tmp_path.iterdir()) == ["mnist"]
-  assert (final / "info.json").read_text() == "theirs"
 
 
 @pytest.mark.parametrize("key", records.REQUIRED_INFO)

@@ -11,7 +11,7 @@ import pytest
 import tensorflow as tf
 
 import tfmnist
-from tfmnist import prepare, records
+from tfmnist.data import prepare, records, splits
 from tfmnist.errors import DataError
 
 SHARD_NAME = re.compile(r"^(?P<split>[a-z]+)-(?P<shard>\d{5})-of-(?P<num>\d{5})\.tfrecord$")
@@ -176,7 +176,7 @@ def test_stratified_split_proportions(size, seed):
   rng = np.random.default_rng(seed)
   labels = rng.permutation(labels)
 
-  keep, held = prepare.stratified_split(labels, size, seed)
+  keep, held = splits.stratified_split(labels, size, seed)
 
   expected_count = int(round(size * len(labels))) if size < 1 else size
   assert len(held) == expected_count
@@ -189,9 +189,9 @@ def test_stratified_split_proportions(size, seed):
 
 def test_stratified_split_is_seeded():
   labels = np.arange(200) % 10
-  a = prepare.stratified_split(labels, 0.2, seed=5)[1]
-  b = prepare.stratified_split(labels, 0.2, seed=5)[1]
-  c = prepare.stratified_split(labels, 0.2, seed=6)[1]
+  a = splits.stratified_split(labels, 0.2, seed=5)[1]
+  b = splits.stratified_split(labels, 0.2, seed=5)[1]
+  c = splits.stratified_split(labels, 0.2, seed=6)[1]
   np.testing.assert_array_equal(a, b)
   assert not np.array_equal(a, c)
 
@@ -224,7 +224,7 @@ def test_validation_split_in_records_is_stratified_and_seeded(idx_dir, make_conf
 
 @pytest.mark.parametrize("size", [60, 75, 0.999])
 def test_validation_size_must_leave_training_images(idx_dir, make_config, tmp_path, size):
-  with pytest.raises(DataError, match=f"--validation_size {size} must leave"):
+  with pytest.raises(DataError, match=f"validation_size {size} must leave"):
     prepare.make_records(make_config(source_dir=idx_dir, validation_size=size))
   assert not os.path.exists(tmp_path / "records")
 
@@ -413,10 +413,10 @@ def test_bad_source_raises_and_writes_nothing(idx_dir, make_config, tmp_path, wr
 
 
 @pytest.mark.parametrize("fields,message", [
-    ({"num_shards": 0}, "--num_shards must be at least 1"),
+    ({"num_shards": 0}, "num_shards must be at least 1"),
     ({"source": "zip"}, "unknown source 'zip'"),
-    ({"source": "idx"}, "--source=idx needs --source_dir"),
-    ({"extra_csv": ("dig.csv",)}, "--extra_csv 'dig.csv': expected split=path"),
+    ({"source": "idx"}, "source=idx needs source_dir"),
+    ({"extra_csv": ("dig.csv",)}, "extra_csv 'dig.csv': expected split=path"),
     ({"dataset": "../x", "class_names": ("a", "b")}, "must be a plain folder name"),
 ])
 def test_bad_config_raises(make_config, tmp_path, fields, message):

@@ -8,10 +8,10 @@ import string
 import numpy as np
 import pytest
 
-from tfmnist.datasets import get_spec
+from tfmnist.data.catalog import get_spec
 from tfmnist.errors import DataError
-from tfmnist.sources import csv as csv_source
-from tfmnist.sources import idx, npz
+from tfmnist.data.sources import csv as csv_source
+from tfmnist.data.sources import idx, npz
 
 MNIST = get_spec("mnist")
 PIXEL_NAMES = [f"pixel{i}" for i in range(28 * 28)]

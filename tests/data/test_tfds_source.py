@@ -7,9 +7,9 @@ test_download.py.
 
 import pytest
 
-from tfmnist.datasets import CATALOG
+from tfmnist.data.catalog import CATALOG
 from tfmnist.errors import DataError
-from tfmnist.sources import tfds as tfds_source
+from tfmnist.data.sources import tfds as tfds_source
 
 
 def test_unprepared_dataset_without_download_is_a_data_error(tmp_path):

@@ -1,15 +1,12 @@
-"""Tests of tfmnist.figures: the PNG grid of original and augmented images."""
+"""Tests of evaluation.figures: arrays in, PNG out."""
 
-import json
-import pathlib
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from tfmnist import figures, metrics, records
-from tfmnist.augment import AugmentConfig
-from tfmnist.errors import DataError
+from tfmnist import metrics
+from tfmnist.evaluation import figures
 
 
 def _images(rows, value_seed):
@@ -67,89 +64,6 @@ def test_class_name():
   assert figures.class_name(np.int64(0), names) == "T-shirt/top"
   assert figures.class_name(-1, names) == "unlabeled"
   assert figures.class_name(5, names) == "5"
-
-
-# ----------------------------------------------------------------------------
-# augment_preview: records in, PNG out
-# ----------------------------------------------------------------------------
-
-
-def _write_records(records_dir, dataset="mnist", count=12, digits=True, class_names=None):
-  """A `count`-image train split and its info.json, as make_records would write them."""
-  folder = pathlib.Path(records.dataset_dir(str(records_dir), dataset))
-  folder.mkdir(parents=True)
-  images = np.zeros((count, 28, 28), np.uint8)
-  images[:, 6:22, 12:16] = 255  # A bar: every augmentation draw moves it differently.
-  shards = records.write_split(str(folder), "train", images, np.arange(count) % 10,
-                               np.arange(count), None, 2)
-  info = {"schema_version": records.SCHEMA_VERSION, "dataset": dataset, "digits": digits,
-          "class_names": class_names or [str(i) for i in range(10)],
-          "splits": {"train": {"count": count, "shards": shards}}}
-  (folder / records.INFO_FILE).write_text(json.dumps(info))
-  return str(records_dir)
-
-
-def test_augment_preview_draws_distinct_augmentations_of_chosen_images(tmp_path, monkeypatch):
-  records_dir = _write_records(tmp_path / "records")
-  path = str(tmp_path / "grid.png")
-  config = AugmentConfig(rotation_degrees=10, zoom=0.1, shift_x=0.1, shift_y=0.1)
-  drawn = []
-  real_grid = figures.augment_grid
-
-  def spy(originals, augmented, labels, class_names, path, **kwargs):
-    drawn.append((originals, augmented, labels, class_names, kwargs["title"]))
-    return real_grid(originals, augmented, labels, class_names, path, **kwargs)
-
-  monkeypatch.setattr(figures, "augment_grid", spy)
-  shown = figures.augment_preview(records_dir, "mnist", "train", config, path, rows=4, cols=5,
-                                  seed=3)
-
-  assert shown == 4
-  assert _pixels(path).shape == (400, 500)
-  (originals, augmented, labels, class_names, title), = drawn
-  assert originals.shape == (4, 28, 28, 1) and originals.max() == 1.0
-  assert len(set(labels.tolist())) == 4 and set(labels.tolist()) <= set(range(10))
-  assert class_names == [str(i) for i in range(10)]
-  assert title == ("mnist train: rotation_degrees=10, zoom=0.1, shift_x=0.1, shift_y=0.1")
-  columns = [originals] + augmented
-  assert len(columns) == 5
-  for a in range(5):
-    for b in range(a + 1, 5):  # Every column is its own draw, for every image.
-      assert np.all(np.abs(columns[a] - columns[b]).max(axis=(1, 2, 3)) > 0.1), (a, b)
-
-
-def test_augment_preview_shows_fewer_rows_for_a_small_split(tmp_path):
-  records_dir = _write_records(tmp_path / "records", count=3)
-  path = str(tmp_path / "grid.png")
-  assert figures.augment_preview(records_dir, "mnist", "train", AugmentConfig(noise_factor=0.1),
-                                 path, rows=8, cols=2) == 3
-  assert _pixels(path).shape == (300, 200)
-
-
-def test_augment_preview_names_the_command_for_missing_records(tmp_path):
-  with pytest.raises(DataError, match="tools/make_records.py --dataset=mnist"):
-    figures.augment_preview(str(tmp_path / "nowhere"), "mnist", "train", AugmentConfig(),
-                            str(tmp_path / "grid.png"))
-  assert not (tmp_path / "grid.png").exists()
-
-
-def test_augment_preview_flips_follow_the_digits_flag(tmp_path):
-  flips = AugmentConfig(flip_horizontal=True)
-  digits = _write_records(tmp_path / "digits")
-  with pytest.raises(ValueError, match="flips are refused"):
-    figures.augment_preview(digits, "mnist", "train", flips, str(tmp_path / "a.png"))
-  clothes = _write_records(tmp_path / "clothes", dataset="fashion_mnist", digits=False,
-                           class_names=[f"c{i}" for i in range(10)])
-  figures.augment_preview(clothes, "fashion_mnist", "train", flips, str(tmp_path / "b.png"),
-                          rows=2, cols=2)
-  assert (tmp_path / "b.png").exists()
-
-
-def test_augment_preview_rejects_an_unknown_split(tmp_path):
-  records_dir = _write_records(tmp_path / "records")
-  with pytest.raises(DataError, match="no split 'test' \\(has train\\)"):
-    figures.augment_preview(records_dir, "mnist", "test", AugmentConfig(),
-                            str(tmp_path / "grid.png"))
 
 
 # ----------------------------------------------------------------------------

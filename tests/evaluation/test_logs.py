@@ -1,4 +1,4 @@
-"""Tests of tfmnist.summaries.read_scalars: TensorBoard event files back to arrays."""
+"""Tests of evaluation.logs.read_scalars: the scalars train.summaries.Writers wrote, back as arrays."""
 
 import re
 
@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tfmnist import summaries
+from tfmnist.evaluation import logs
+from tfmnist.training import summaries
 
 
 def _write(folder, points, tag="loss"):
@@ -48,7 +49,7 @@ def test_reads_what_the_training_writers_write(tmp_path):
     tf.summary.image("mistakes", np.zeros((1, 28, 28, 1), np.float32))
   writers.flush()
 
-  scalars = summaries.read_scalars(str(tmp_path))
+  scalars = logs.read_scalars(str(tmp_path))
 
   assert set(scalars) == {"train", "validation"}
   assert set(scalars["train"]) == {"loss", "accuracy", "learning_rate", "images_per_second",
@@ -67,7 +68,7 @@ def test_a_resumed_run_overwrites_the_steps_it_repeats(tmp_path):
   _write(tmp_path / "validation", [(20, 2.5), (40, 1.9)])
   _write(tmp_path / "validation", [(40, 1.2)])
 
-  scalars = summaries.read_scalars(str(tmp_path))
+  scalars = logs.read_scalars(str(tmp_path))
 
   assert len(list((tmp_path / "train").iterdir())) == 2
   _assert_series(scalars["train"]["loss"], [0, 10, 20, 30, 40, 50],
@@ -80,7 +81,7 @@ def test_keeps_every_point_of_a_long_run(tmp_path):
   points = [(step, float(step)) for step in range(0, 3000, 3)]
   _write(tmp_path / "train", reversed(points))  # Written out of order, read back sorted.
 
-  series = summaries.read_scalars(str(tmp_path))["train"]["loss"]
+  series = logs.read_scalars(str(tmp_path))["train"]["loss"]
 
   _assert_series(series, [p[0] for p in points], [p[1] for p in points])
 
@@ -89,7 +90,7 @@ def test_reads_old_style_scalars(tmp_path):
   _write_old_style(tmp_path / "train", [(1, 0.5), (2, 0.25)], "loss")
   _write(tmp_path / "train", [(1, 0.01)], tag="learning_rate")
 
-  scalars = summaries.read_scalars(str(tmp_path))["train"]
+  scalars = logs.read_scalars(str(tmp_path))["train"]
 
   _assert_series(scalars["loss"], [1, 2], [0.5, 0.25])
   _assert_series(scalars["learning_rate"], [1], [0.01])
@@ -97,14 +98,14 @@ def test_reads_old_style_scalars(tmp_path):
 
 def test_a_missing_run_folder_reads_as_empty(tmp_path):
   _write(tmp_path / "train", [(5, 1.0)])
-  scalars = summaries.read_scalars(str(tmp_path))
+  scalars = logs.read_scalars(str(tmp_path))
   assert scalars["validation"] == {}
   _assert_series(scalars["train"]["loss"], [5], [1.0])
   (tmp_path / "empty").mkdir()
-  assert summaries.read_scalars(str(tmp_path / "empty")) == {"train": {}, "validation": {}}
+  assert logs.read_scalars(str(tmp_path / "empty")) == {"train": {}, "validation": {}}
 
 
 def test_a_missing_log_dir_is_an_error(tmp_path):
   missing = str(tmp_path / "no_such_run" / "logs")
   with pytest.raises(ValueError, match=re.escape(f"no log folder '{missing}'")):
-    summaries.read_scalars(missing)
+    logs.read_scalars(missing)

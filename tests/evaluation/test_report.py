@@ -1,4 +1,4 @@
-"""Tests of tfmnist.report: perturbations, robustness sweeps and the written report."""
+"""Tests of evaluation.report: the written report of a model on a split."""
 
 import json
 import os
@@ -11,9 +11,9 @@ from PIL import Image
 import pytest
 
 import train_fixtures as tfx
-from test_inference import shared_cli_run
-from tfmnist import data, inference, prepare, records, report
-from tfmnist import images as images_lib
+from tfmnist.data import pipeline, prepare, records
+from tfmnist.evaluation import report
+from tfmnist.serving import inference
 from tfmnist.errors import DataError
 
 REPORT_FILES = sorted(["confusion.png", "curves.png", "metrics.json", "mistakes.png", "report.md",
@@ -23,14 +23,25 @@ REPORT_FILES = sorted(["confusion.png", "curves.png", "metrics.json", "mistakes.
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
   """A copy of the shared run (reports are written into it), its predictor and the test split."""
-  records_dir, run_dir = shared_cli_run(tmp_path_factory)
+  records_dir, run_dir = tfx.shared_run(tmp_path_factory)
   root = tmp_path_factory.mktemp("report")
   run_dir = tfx.copy_tree(run_dir, root / "run")
-  examples = data.read_examples(records.split_files(records_dir, "mnist", "test"))
+  examples = pipeline.read_examples(records.split_files(records_dir, "mnist", "test"))
   return types.SimpleNamespace(
       records_dir=records_dir, run_dir=run_dir, root=root,
-      predictor=inference.Predictor(os.path.join(run_dir, "export")),
+      predictor=inference.ExportedModel(os.path.join(run_dir, "export")),
       images=examples.image.numpy(), labels=examples.label.numpy())
+
+
+class _Fixed(inference.Predictor):
+  """A Predictor whose probabilities are a function of the images."""
+
+  def __init__(self, class_names, source, probabilities):
+    self.class_names, self.source, self.members = class_names, source, [self]
+    self._probabilities = probabilities
+
+  def predict(self, images, batch_size=1000, tta=False, mirror=False):
+    return self._probabilities(images)
 
 
 def _config(trained, **fields):
@@ -40,186 +51,6 @@ def _config(trained, **fields):
 
 def _temporary_entries(folder):
   return [name for name in os.listdir(folder) if name.startswith(".")]
-
-
-# ----------------------------------------------------------------------------
-# Perturbations
-# ----------------------------------------------------------------------------
-
-
-def _digits(count=4):
-  return tfx.synthetic_split(count, seed=3)[0][..., None]
-
-
-def test_add_noise_factor_zero_is_identity():
-  """No noise leaves the images exactly as they are."""
-  images = _digits()
-  np.testing.assert_array_equal(report.add_noise(images, 0, seed=5), images)
-
-
-def test_add_noise_is_seeded():
-  """The same seed gives the same noise, another seed other noise."""
-  images = _digits()
-  first = report.add_noise(images, 0.3, seed=5)
-  np.testing.assert_array_equal(report.add_noise(images, 0.3, seed=5), first)
-  assert not np.array_equal(report.add_noise(images, 0.3, seed=6), first)
-  np.testing.assert_array_equal(images, _digits())  # The input is left alone.
-
-
-def test_add_noise_std_grows_with_the_factor():
-  """On mid-grey images the noise std is the factor (pixels in [0, 1]); uint8 output."""
-  grey = np.full((8, 28, 28, 1), 128, np.uint8)
-  stds = []
-  for factor in (0.05, 0.1, 0.2):
-    noisy = report.add_noise(grey, factor, seed=0)
-    assert noisy.dtype == np.uint8 and noisy.shape == grey.shape
-    stds.append(float(np.std(noisy.astype(np.float64) / 255.0)))
-    assert stds[-1] == pytest.approx(factor, rel=0.1)
-  assert stds == sorted(stds)
-
-
-def test_add_noise_clips_instead_of_wrapping():
-  """White plus noise saturates at 255 (about half the pixels), black at 0."""
-  for value, end in ((255, 255), (0, 0)):
-    flat = np.full((8, 28, 28, 1), value, np.uint8)
-    noisy = report.add_noise(flat, 0.3, seed=1)
-    assert noisy.dtype == np.uint8
-    at_end = float(np.mean(noisy == end))
-    assert 0.45 < at_end < 0.55, (value, at_end)
-    # Wrapped values would land at the other end of the range (half of them);
-    # noise of std 0.3 goes that far (2.6 std) for 0.5% of the pixels.
-    assert float(np.mean(np.abs(noisy.astype(int) - value) > 200)) < 0.02
-
-
-def _asymmetric_image():
-  """One [1, 28, 28, 1] image with no rotational symmetry: an L and a dot."""
-  image = np.zeros((1, 28, 28, 1), np.uint8)
-  image[0, 6:20, 8:11] = 255  # Vertical stroke.
-  image[0, 17:20, 8:19] = 180  # Foot to the right.
-  image[0, 7:9, 16:18] = 90  # A dot at the top right.
-  return image
-
-
-def test_rotate_90_degrees_is_counter_clockwise():
-  """rotate(+90) is np.rot90 (counter-clockwise as displayed), rotate(-90) the other way."""
-  image = _asymmetric_image()
-  inner = (slice(None), slice(3, 25), slice(3, 25))
-  for degrees, k in ((90, 1), (-90, -1)):
-    turned = report.rotate(image, degrees)
-    assert turned.dtype == np.uint8 and turned.shape == image.shape
-    expected = np.rot90(image, k, axes=(1, 2))
-    difference = np.abs(turned.astype(int) - expected.astype(int))
-    assert difference[inner].max() <= 1, (degrees, difference[inner].max())
-    wrong_way = np.rot90(image, -k, axes=(1, 2))
-    assert np.abs(turned.astype(int) - wrong_way.astype(int))[inner].max() > 100
-  np.testing.assert_array_equal(report.rotate(image, 0), image)
-
-
-def test_rotate_small_angle_keeps_the_ink():
-  """A small turn about the centre moves pixels but keeps the total ink nearly the same."""
-  image = _asymmetric_image()
-  turned = report.rotate(image, 10)
-  assert not np.array_equal(turned, image)
-  total = float(image.astype(float).sum())
-  assert float(turned.astype(float).sum()) == pytest.approx(total, rel=0.05)
-
-
-def test_shift_moves_content_with_black_fill():
-  """shift_images moves right/down for positive (dx, dy) and fills with black."""
-  image = _asymmetric_image()
-  np.testing.assert_array_equal(images_lib.shift_images(image, 3, -2),
-                                np.roll(image, (-2, 3), axis=(1, 2)))
-
-
-# ----------------------------------------------------------------------------
-# Robustness sweeps
-# ----------------------------------------------------------------------------
-
-
-def _bar_images():
-  """Horizontal bars at rows 6..21 (label = the row), columns 6..21, over black."""
-  rows = np.arange(6, 22)
-  images = np.zeros((len(rows), 28, 28, 1), np.uint8)
-  for i, row in enumerate(rows):
-    images[i, row, 6:22] = 255
-  return images, rows
-
-
-def _brightest_row(images):
-  """A fake model: one-hot [N, 28] of the row with the most ink."""
-  rows = np.asarray(images)[..., 0].astype(np.float64).sum(axis=2).argmax(axis=1)
-  return np.eye(28, dtype=np.float32)[rows]
-
-
-def test_robustness_with_a_rule_based_model():
-  """The sweeps' levels and accuracies, computed by hand for a known rule."""
-  images, labels = _bar_images()
-  calls = []
-
-  def predict(batch):
-    calls.append(len(batch))
-    return _brightest_row(batch)
-
-  result = report.robustness(predict, images, labels, seed=3)
-  assert sorted(result) == ["gaussian noise", "rotation", "shift"]
-  assert result["gaussian noise"]["levels"] == list(report.NOISE_FACTORS)
-  assert result["rotation"]["levels"] == list(report.ROTATION_DEGREES)
-  assert result["shift"]["levels"] == list(report.SHIFT_PIXELS)
-  for sweep in result.values():
-    assert isinstance(sweep["unit"], str) and sweep["unit"]
-    assert len(sweep["accuracy"]) == len(sweep["levels"])
-
-  def accuracy(perturbed):
-    return float(np.mean(_brightest_row(perturbed).argmax(-1) == labels))
-
-  # The rule reads every clean bar right.
-  for sweep in result.values():
-    assert sweep["accuracy"][sweep["levels"].index(0)] == 1.0
-  assert result["gaussian noise"]["accuracy"] == pytest.approx(
-      [accuracy(report.add_noise(images, f, 3)) for f in report.NOISE_FACTORS])
-  assert result["rotation"]["accuracy"] == pytest.approx(
-      [accuracy(report.rotate(images, d)) for d in report.ROTATION_DEGREES])
-  # A quarter of the bars go each way. Left and right keep the row, up and
-  # down move it: half right at every shift.
-  assert result["shift"]["accuracy"] == pytest.approx([1.0, 0.5, 0.5, 0.5, 0.5])
-  # One pass per sweep point: the clean pass, 10 noise levels, 8 rotations, 4 shifts.
-  assert calls == [len(images)] * 23
-
-
-def test_robustness_reuses_the_clean_probabilities():
-  """Given the clean predictions, the sweeps never predict the clean images again."""
-  images, labels = _bar_images()
-  seen = []
-
-  def predict(batch):
-    seen.append(batch.copy())
-    return _brightest_row(batch)
-
-  clean = np.eye(28, dtype=np.float32)[np.where(labels % 2 == 0, labels, 0)]
-  result = report.robustness(predict, images, labels, seed=3, clean_probabilities=clean)
-  assert len(seen) == 22
-  assert not any(np.array_equal(batch, images) for batch in seen)
-  # The given probabilities, not the model, score level 0: half the labels are odd.
-  for sweep in result.values():
-    assert sweep["accuracy"][sweep["levels"].index(0)] == 0.5
-
-
-def test_shift_each_moves_a_quarter_of_the_rows_each_way():
-  image = np.zeros((28, 28, 1), np.uint8)
-  image[10, 12] = 255
-  moved = report.shift_each(np.stack([image] * 8), 3)
-  ink = [tuple(np.argwhere(m[..., 0])[0]) for m in moved]
-  assert ink == [(10, 15), (10, 9), (13, 12), (7, 12)] * 2
-
-
-def test_robustness_noise_follows_the_seed():
-  """Another seed gives other noise, so the noise sweep of a noise-sensitive rule changes."""
-  images, labels = _bar_images()
-  images = (images // 4).astype(np.uint8)  # Faint bars: noise often hides them.
-  sweeps = [report.robustness(_brightest_row, images, labels, seed=s)["gaussian noise"]
-            for s in (0, 0, 1)]
-  assert sweeps[0] == sweeps[1]
-  assert sweeps[0]["accuracy"] != sweeps[2]["accuracy"]
 
 
 # ----------------------------------------------------------------------------
@@ -278,7 +109,7 @@ def test_write_report_metrics_match_the_predictions(trained, written):
   assert [row["support"] for row in saved["per_class"]] == np.bincount(
       trained.labels, minlength=10).tolist()
   assert saved["split"] == "test" and saved["dataset"] == "mnist" and saved["tta"] is False
-  assert saved["model"] == trained.predictor.path
+  assert saved["model"] == trained.predictor.source
   assert sorted(saved["robustness"]) == ["gaussian noise", "rotation", "shift"]
   assert saved["robustness"]["gaussian noise"]["accuracy"][0] == pytest.approx(
       saved["accuracy"])
@@ -312,9 +143,8 @@ def test_write_report_of_an_unlabelled_split(trained, tmp_path, write_csv):
 
 def test_write_report_with_a_class_count_mismatch(trained, tmp_path):
   """A model of 3 classes on a 10-class dataset: DataError naming both, nothing written."""
-  fake = types.SimpleNamespace(
-      num_classes=3, class_names=["a", "b", "c"], path="fake-model",
-      predict=lambda images, *args, **kwargs: np.full((len(images), 3), 1 / 3, np.float32))
+  fake = _Fixed(["a", "b", "c"], "fake-model",
+                lambda images: np.full((len(images), 3), 1 / 3, np.float32))
   model_dir = tmp_path / "run"
   model_dir.mkdir()
   config = report.ReportConfig(model_dir=str(model_dir), records_dir=trained.records_dir)
@@ -327,9 +157,8 @@ def test_write_report_with_a_class_count_mismatch(trained, tmp_path):
 
 def test_write_report_without_training_logs_has_no_curves(trained, tmp_path):
   """A model folder without training logs gets no curves figure, on a rerun either."""
-  oracle = types.SimpleNamespace(
-      num_classes=10, class_names=[str(i) for i in range(10)], path="oracle",
-      predict=lambda images, *args, **kwargs: np.eye(10, dtype=np.float32)[trained.labels])
+  oracle = _Fixed([str(i) for i in range(10)], "oracle",
+                  lambda images: np.eye(10, dtype=np.float32)[trained.labels])
   config = report.ReportConfig(model_dir=str(tmp_path / "model"),
                                records_dir=trained.records_dir, robustness=False)
   for attempt in range(2):
@@ -397,15 +226,3 @@ def test_write_report_to_another_output_dir(trained, tmp_path):
   assert "report.md" in os.listdir(folder)
   assert os.listdir(out / "logs" / "eval_test")
   assert sorted(os.listdir(trained.run_dir)) == before
-
-
-def test_sweep_subset_is_stratified_seeded_and_bounded():
-  """The sweep images keep each class's share, depend on the seed only, and cap at the split."""
-  labels = np.repeat(np.arange(4), [100, 200, 300, 400])
-  chosen = report.sweep_subset(labels, 100, seed=1)
-  assert len(chosen) == 100 and np.all(np.diff(chosen) > 0)
-  np.testing.assert_array_equal(np.bincount(labels[chosen]), [10, 20, 30, 40])
-  np.testing.assert_array_equal(chosen, report.sweep_subset(labels, 100, seed=1))
-  assert not np.array_equal(chosen, report.sweep_subset(labels, 100, seed=2))
-  np.testing.assert_array_equal(report.sweep_subset(labels, 0), np.arange(1000))
-  np.testing.assert_array_equal(report.sweep_subset(labels, 5000), np.arange(1000))

@@ -1,15 +1,14 @@
 """Tests of tfmnist.inference: predictors of exports and checkpoints, test-time
 augmentation and ensembles.
 
-`shared_cli_run` (one run trained by the command line, so that it has a real
-flags.txt) is also used by test_report, test_predict and test_evaluate.
+The run they read is train_fixtures.shared_run, shared with the report, predict
+and evaluate tests.
 """
 
 import json
 import os
 import re
 import shutil
-import threading
 import types
 
 import numpy as np
@@ -17,48 +16,14 @@ import pytest
 import tensorflow as tf
 
 import train_fixtures as tfx
-from tfmnist import data, export, inference, metrics, models, progress, records
-from tfmnist import images as images_lib
+from tfmnist import metrics, progress
+from tfmnist.data import records
+from tfmnist.serving import inference
+from tfmnist.training import export
 from tfmnist.errors import DataError
 
-_SHARED = {}
-_SHARED_LOCK = threading.Lock()
 DIGITS = [str(i) for i in range(10)]
 LETTERS = [chr(ord("a") + i) for i in range(10)]
-
-
-def shared_cli_run(tmp_path_factory):
-  """(records folder, run folder) of the session's one command-line run.
-
-  An mlp trained for 2 deterministic epochs of 15 steps: export/, checkpoints/
-  (steps 15 and 30), best/ and the flags.txt the command writes. Nobody
-  changes it; tests that do work on a copy.
-  """
-  records_dir = tfx.shared_records(tmp_path_factory)
-  with _SHARED_LOCK:
-    if "run" not in _SHARED:
-      run_dir = tmp_path_factory.mktemp("cli_run") / "run"
-      tfx.check(tfx.run(tfx.train_command([
-          f"--model_dir={run_dir}", f"--records_dir={records_dir}", "--model=mlp",
-          "--epochs=2", "--global_batch_size=32", "--eval_batch_size=60", "--noprogress",
-          "--deterministic"])))
-      _SHARED["run"] = str(run_dir)
-  return records_dir, _SHARED["run"]
-
-
-def random_export(destination, class_names=DIGITS, seed=1):
-  """Exports an untrained mlp (a second, different ensemble member); returns its folder."""
-  tf.keras.utils.set_random_seed(seed)
-  model = models.create("mlp", len(class_names))
-  model(data.normalize(tf.zeros([1, 28, 28, 1], tf.uint8)), training=False)
-  return export.export(model, list(class_names), str(destination))
-
-
-def keras_probabilities(run, checkpoint_path, images):
-  """Softmax of a restored train_lib.Run's Keras model after restoring one checkpoint."""
-  run.checkpoint.restore(checkpoint_path).assert_existing_objects_matched()
-  logits = run.model(data.normalize(tf.constant(images)), training=False)
-  return tf.nn.softmax(logits).numpy()
 
 
 def _load(model_dir, checkpoint=""):
@@ -72,25 +37,21 @@ def _load(model_dir, checkpoint=""):
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
   """The shared run, its export's predictions, and checkpoint loads running in the background."""
-  records_dir, run_dir = shared_cli_run(tmp_path_factory)
+  records_dir, run_dir = tfx.shared_run(tmp_path_factory)
   root = tmp_path_factory.mktemp("inference")
   no_export = tfx.copy_tree(run_dir, root / "no_export")
   shutil.rmtree(os.path.join(no_export, "export"))
   bad_checkpoint = os.path.join(run_dir, "checkpoints", "ckpt-999")
-  # Each load from a checkpoint starts the training command (~5 s of start-up).
-  jobs = tfx.Jobs(max_parallel=2)
-  loads = {"latest": jobs.submit("latest", _load, no_export),
-           "best": jobs.submit("best", _load, run_dir, "best"),
-           "bad": jobs.submit("bad", _load, run_dir, bad_checkpoint)}
+  loads = {"latest": _load(no_export), "best": _load(run_dir, "best"),
+           "bad": _load(run_dir, bad_checkpoint)}
   images = tfx.synthetic_split(tfx.NUM_TEST, seed=11)[0]
-  predictor = inference.Predictor(os.path.join(run_dir, "export"))
+  predictor = inference.ExportedModel(os.path.join(run_dir, "export"))
   yield types.SimpleNamespace(
       records_dir=records_dir, run_dir=run_dir, root=root, no_export=no_export,
       bad_checkpoint=bad_checkpoint, loads=loads, images=images, predictor=predictor,
       probabilities=predictor.predict(images),
       keras_run=tfx.restore_run(run_dir, records_dir, epochs=2)[0],
-      other=inference.Predictor(random_export(root / "other" / "export")))
-  jobs.close()
+      other=inference.ExportedModel(tfx.random_export(root / "other" / "export")))
 
 
 # ----------------------------------------------------------------------------
@@ -101,7 +62,7 @@ def trained(tmp_path_factory):
 def test_predictor_matches_the_trained_keras_model(trained):
   """The export's probabilities are the softmax of the run's model at its last checkpoint."""
   latest = tf.train.latest_checkpoint(os.path.join(trained.run_dir, "checkpoints"))
-  expected = keras_probabilities(trained.keras_run, latest, trained.images)
+  expected = tfx.keras_probabilities(trained.keras_run, latest, trained.images)
   np.testing.assert_allclose(trained.probabilities, expected, atol=1e-5)
   assert trained.probabilities.dtype == np.float32
   assert trained.predictor.class_names == records.read_info(
@@ -125,7 +86,7 @@ def test_predict_with_progress_gives_the_same_probabilities_and_counts_every_ima
     for tta in (False, True):
       bar.done = 0
       batch_size = tfx.NUM_TEST // 3 + 1  # The last batch is shorter.
-      got = inference.predict_with_progress(model, trained.images, batch_size, tta, bar=bar)
+      got = model.predict_with_progress(trained.images, batch_size, tta, bar=bar)
       np.testing.assert_array_equal(got, model.predict(trained.images, batch_size, tta))
       assert bar.done == tfx.NUM_TEST
 
@@ -143,7 +104,7 @@ def test_predictor_of_a_folder_that_is_not_an_export(tmp_path):
   """A folder without a SavedModel is a DataError naming it."""
   (tmp_path / "saved_model.pb").write_bytes(b"not a protobuf")
   with pytest.raises(DataError, match=re.escape(str(tmp_path))):
-    inference.Predictor(str(tmp_path))
+    inference.ExportedModel(str(tmp_path))
 
 
 # ----------------------------------------------------------------------------
@@ -161,30 +122,30 @@ def _bordered_images(count=3, border=4, seed=0):
 
 
 @pytest.mark.parametrize("dx, dy", [(1, 0), (-1, 0), (0, 1), (0, -1), (3, -2), (-4, 4)])
-def test_shift_images_is_np_roll_inside_a_black_border(dx, dy):
+def test_shift_view_is_np_roll_inside_a_black_border(dx, dy):
   """dx moves content right (columns), dy down (rows), like np.roll when nothing falls off."""
   images = _bordered_images()
   expected = np.roll(images, (dy, dx), axis=(1, 2))
-  np.testing.assert_array_equal(images_lib.shift_images(images, dx, dy), expected)
+  np.testing.assert_array_equal(inference.shift_view(images, dx, dy), expected)
 
 
-def test_shift_images_fills_with_zeros():
+def test_shift_view_fills_with_zeros():
   """What moves in from the edge is black; the rest is the moved image."""
   images = np.full((2, 28, 28, 1), 200, np.uint8)
-  moved = images_lib.shift_images(images, 2, -3)
+  moved = inference.shift_view(images, 2, -3)
   assert moved.shape == images.shape and moved.dtype == np.uint8
   assert np.all(moved[:, :, :2] == 0)  # Two columns on the left.
   assert np.all(moved[:, -3:] == 0)  # Three rows at the bottom.
   assert np.all(moved[:, :-3, 2:] == 200)
   assert np.all(images == 200)  # The input is left alone.
-  np.testing.assert_array_equal(images_lib.shift_images(images, 0, 0), images)
+  np.testing.assert_array_equal(inference.shift_view(images, 0, 0), images)
 
 
 @pytest.mark.parametrize("dx, dy", [(28, 0), (0, -28), (30, 0), (-40, 3)])
-def test_shift_images_beyond_the_image_is_all_black(dx, dy):
+def test_shift_view_beyond_the_image_is_all_black(dx, dy):
   """Content moved by the image size or more leaves a black image."""
   images = np.full((2, 28, 28, 1), 200, np.uint8)
-  moved = images_lib.shift_images(images, dx, dy)
+  moved = inference.shift_view(images, dx, dy)
   assert moved.shape == images.shape
   assert not moved.any()
 
@@ -195,7 +156,7 @@ def test_tta_is_the_mean_over_the_shifted_images(trained):
   assert sorted(map(tuple, inference.TTA_SHIFTS)) == sorted(
       [(0, 0), (1, 0), (-1, 0), (0, 1), (0, -1)])
   images = trained.images[:20, ..., None]
-  by_hand = np.mean([trained.predictor.predict(images_lib.shift_images(images, dx, dy))
+  by_hand = np.mean([trained.predictor.predict(inference.shift_view(images, dx, dy))
                      for dx, dy in inference.TTA_SHIFTS], axis=0)
   tta = trained.predictor.predict(images, batch_size=8, tta=True)
   np.testing.assert_allclose(tta, by_hand, atol=1e-6)
@@ -211,7 +172,7 @@ def test_tta_with_mirror_adds_the_mirror_image_of_every_shift(trained):
   assert sorted(views) == sorted([(dx, dy, m) for dx, dy in inference.TTA_SHIFTS
                                   for m in (False, True)])
   images = trained.images[:20, ..., None]
-  shifted = [images_lib.shift_images(images, dx, dy) for dx, dy in inference.TTA_SHIFTS]
+  shifted = [inference.shift_view(images, dx, dy) for dx, dy in inference.TTA_SHIFTS]
   by_hand = np.mean([trained.predictor.predict(s) for s in shifted] +
                     [trained.predictor.predict(s[:, :, ::-1].copy()) for s in shifted], axis=0)
   mirrored = trained.predictor.predict(images, batch_size=8, tta=True, mirror=True)
@@ -244,10 +205,10 @@ def test_ensemble_averages_its_members(trained):
 
 def test_ensemble_of_different_class_names_is_a_data_error(trained, tmp_path):
   """Members must predict the same classes; the error names the odd member."""
-  letters = inference.Predictor(random_export(tmp_path / "letters", LETTERS))
+  letters = inference.ExportedModel(tfx.random_export(tmp_path / "letters", LETTERS))
   with pytest.raises(DataError, match="differ") as error:
     inference.Ensemble([trained.predictor, letters])
-  assert letters.path in str(error.value)
+  assert letters.source in str(error.value)
 
 
 def test_ensemble_export_serves_the_average(trained, tmp_path):
@@ -271,15 +232,15 @@ def test_ensemble_export_serves_the_average(trained, tmp_path):
 
 
 def test_calibrated_ensemble_rescales_and_exports_its_temperature(trained, tmp_path):
-  """Ensemble.calibrate fits a temperature; predict and the export both apply it."""
+  """An ensemble's temperature goes into its predictions and its export."""
   images, labels = tfx.synthetic_split(tfx.NUM_TEST, seed=11)
   settings = inference.ensemble_settings([trained.run_dir])
   ensemble = inference.Ensemble([trained.predictor, trained.other], settings)
   plain = ensemble.predict(images)
-  before, after = ensemble.calibrate(images, labels, "mnist held-out")
+  np.testing.assert_array_equal(ensemble.average(images), plain)
+  ensemble.temperature = metrics.fit_temperature(labels, plain)
+  ensemble.calibrated_on = "mnist held-out"
   assert ensemble.temperature != 1.0
-  assert after < before
-  assert before == pytest.approx(metrics.log_loss(labels, plain))
   calibrated = ensemble.predict(images)
   np.testing.assert_allclose(calibrated, metrics.apply_temperature(plain, ensemble.temperature),
                              atol=1e-6)
@@ -305,7 +266,7 @@ def test_load_uses_the_export(trained):
   export_dir = os.path.join(trained.run_dir, "export")
   for folder in (trained.run_dir, export_dir):
     predictor = inference.load(folder)
-    assert predictor.path == export_dir
+    assert predictor.source == export_dir
     np.testing.assert_array_equal(predictor.predict(trained.images), trained.probabilities)
 
 
@@ -322,9 +283,9 @@ def test_load_of_a_folder_without_export_or_checkpoints(tmp_path):
 
 def test_load_without_export_uses_the_latest_checkpoint(trained):
   """Without export/, the latest checkpoint is exported by the command: same predictions."""
-  predictor = trained.loads["latest"].result()
+  predictor = trained.loads["latest"]
   assert isinstance(predictor, inference.Predictor), predictor
-  assert trained.no_export in predictor.path and "latest" in predictor.path
+  assert trained.no_export in predictor.source and "latest" in predictor.source
   np.testing.assert_allclose(predictor.predict(trained.images), trained.probabilities,
                              atol=1e-6)
   assert predictor.class_names == trained.predictor.class_names
@@ -333,11 +294,11 @@ def test_load_without_export_uses_the_latest_checkpoint(trained):
 
 def test_load_best_checkpoint(trained):
   """checkpoint="best" gives the model of the checkpoint in best/."""
-  predictor = trained.loads["best"].result()
+  predictor = trained.loads["best"]
   assert isinstance(predictor, inference.Predictor), predictor
-  assert "best" in predictor.path
+  assert "best" in predictor.source
   best = tf.train.latest_checkpoint(os.path.join(trained.run_dir, "best"))
-  expected = keras_probabilities(trained.keras_run, best, trained.images)
+  expected = tfx.keras_probabilities(trained.keras_run, best, trained.images)
   probabilities = predictor.predict(trained.images)
   np.testing.assert_allclose(probabilities, expected, atol=1e-5)
   latest = tf.train.latest_checkpoint(os.path.join(trained.run_dir, "checkpoints"))
@@ -347,19 +308,20 @@ def test_load_best_checkpoint(trained):
 
 def test_load_of_a_bad_checkpoint_path(trained):
   """A checkpoint path that does not exist is a DataError naming the path."""
-  error = trained.loads["bad"].result()
+  error = trained.loads["bad"]
   assert isinstance(error, DataError), error
   assert trained.bad_checkpoint in str(error)
   assert "\n" not in str(error)
 
 
-def test_load_of_checkpoints_without_flags(trained, tmp_path):
-  """Checkpoints without the run's flags.txt cannot be rebuilt: DataError naming the folder."""
+def test_load_of_checkpoints_without_config(trained, tmp_path):
+  """Checkpoints without the run's config.json cannot be rebuilt in process: the error
+  names the folder and the command that exports them from flags.txt."""
   run_dir = tmp_path / "run"
   shutil.copytree(os.path.join(trained.run_dir, "checkpoints"), run_dir / "checkpoints")
-  with pytest.raises(DataError, match="flags.txt") as error:
+  with pytest.raises(DataError, match="no config.json") as error:
     inference.load(str(run_dir))
-  assert str(run_dir) in str(error.value)
+  assert str(run_dir) in str(error.value) and "--export_checkpoint=latest" in str(error.value)
 
 
 # ----------------------------------------------------------------------------
@@ -397,9 +359,9 @@ def test_ensemble_settings_keep_what_the_members_agree_on(tmp_path):
     manifest = {"dataset": dataset}
     if splits is not None:
       manifest["train_splits"] = splits
-    (folder / "manifest.json").write_text(json.dumps(manifest))
     if records_dir:
-      (folder / "flags.txt").write_text(f"--model=mlp\n--records_dir={records_dir}\n")
+      manifest["records_dir"] = records_dir
+    (folder / "manifest.json").write_text(json.dumps(manifest))
     return str(folder)
 
   refit = run("refit", "mnist", ["train", "validation"], "/data/records")
@@ -411,4 +373,4 @@ def test_ensemble_settings_keep_what_the_members_agree_on(tmp_path):
   fashion = run("fashion", "fashion_mnist", ["train"], "/other")
   assert inference.ensemble_settings([refit, fashion]) == inference.RunSettings(
       "", "", ("train", "validation"))
-  assert inference.run_settings(bare) == inference.RunSettings("", "", ())
+  assert inference.run_settings(bare) == inference.RunSettings("", "", ("train",))

@@ -1,5 +1,6 @@
 """Tests of the benchmark's measurement helpers (tfmnist.bench)."""
 
+import itertools
 import sys
 
 import keras
@@ -7,7 +8,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tfmnist import bench, hardware, models
+import bench
+from tfmnist import hardware, models
 from tfmnist.models import convnets
 
 
@@ -45,9 +47,12 @@ def test_seed_lenet_flops_match_its_layers():
 
 
 @pytest.mark.parametrize("dtype", [tf.float32, tf.bfloat16])
-def test_matmul_rate_is_a_positive_finite_rate(dtype):
-  rate = bench.matmul_flops_per_second(dtype, size=128, chain=2, repeats=2)
-  assert np.isfinite(rate) and rate > 1e6  # Any CPU multiplies faster than 1 MFLOP/s.
+def test_matmul_rate_counts_every_product_of_the_chain(monkeypatch, dtype):
+  """2 * size**3 FLOP for each of `chain` products, over the time one call took."""
+  ticks = itertools.count(0.0, 0.5)  # Every call of the clock is half a second later.
+  monkeypatch.setattr(bench.time, "perf_counter", lambda: next(ticks))
+  rate = bench.matmul_flops_per_second(dtype, size=64, chain=3, repeats=2)
+  assert rate == 3 * 2 * 64 ** 3 / 0.5
 
 
 def test_arithmetic_seconds_times_the_products_of_each_layer():

@@ -6,9 +6,12 @@ import numpy as np
 import pytest
 
 import train_fixtures as tfx
-from tfmnist import hardware, inference, report
+from tfmnist import hardware
+from tfmnist.data import pipeline
+from tfmnist.serving import inference
 
 TOOL = str(tfx.REPO_ROOT / "tools" / "benchmark.py")
+pytestmark = pytest.mark.slow  # Every test here runs the benchmark.
 # What --precision=auto trains in here, and the precisions the benchmark measures
 # for --precisions=float32,auto,float32 (each once).
 AUTO = hardware.choose_precision(hardware.detect())[0]
@@ -53,28 +56,27 @@ def test_fit_pairs_the_loop_with_keras_fit(measured):
   assert "| mlp | float32 | 128 |" in markdown
 
 
-def test_utilisation_is_model_flops_over_the_matmul_rate(measured):
+def test_utilisation_counts_the_seed_lenets_flops(measured):
   results, markdown, *_ = measured
   assert [r["precision"] for r in results["utilisation"]] == MEASURED
+  # The seed LeNet's multiply-adds, counted by hand: conv 3x3x1x32 on 26x26, conv
+  # 3x3x32x64 on 24x24, dense 9216x128 and 128x10. Training is three forwards.
+  multiply_adds = 26 * 26 * 9 * 32 + 24 * 24 * 9 * 32 * 64 + 9216 * 128 + 128 * 10
   for row in results["utilisation"]:
     assert row["model"] == "lenet" and row["global_batch_size"] == 256
-    assert row["training_flops_per_image"] > 3 * 2 * 12e6  # LeNet: about 12M multiply-adds.
-    for images, matmul, share in zip(row["images_per_second"]["runs"],
-                                     row["matmul_flops_per_second"]["runs"],
-                                     row["utilisation"]["runs"]):
-      assert share == pytest.approx(images * row["training_flops_per_image"] / matmul)
+    assert 3 * 2 * multiply_adds <= row["training_flops_per_image"] <= 3 * 2.01 * multiply_adds
+    assert len(row["utilisation"]["runs"]) == len(row["matmul_flops_per_second"]["runs"]) == 1
   float32, *others = results["utilisation"]
   assert len(float32["products_alone_utilisation"]["runs"]) == 1
-  assert float32["products_alone_utilisation"]["median"] > 0
   assert all(r["products_alone_utilisation"] is None for r in others)  # float32 only.
   assert "### Hardware utilisation" in markdown and "| products alone |" in markdown
 
 
-def test_pipeline_reports_read_batch_and_augment_rates(measured):
-  results, *_ = measured
+def test_pipeline_reports_read_batch_and_augment_rates_of_each_run(measured):
+  results, markdown, *_ = measured
   for name in ("read", "batch", "augment"):
-    assert len(results["pipeline"][name]["runs"]) == 1
-    assert results["pipeline"][name]["median"] > 0
+    assert len(results["pipeline"][name]["runs"]) == results["repeats"] == 1
+  assert "### Input pipeline, images/s" in markdown
 
 
 def test_records_times_the_command_and_the_call(measured):
@@ -104,7 +106,7 @@ def test_accuracy_trains_each_seed_and_scores_it_once_on_test(measured):
       assert r["epochs"] == 1
     assert row["reached"] == sum(r["test_accuracy"] >= 0.05 for r in row["runs"])
   # With TTA: the same export averaged over the shifted views (never mirrored: digits).
-  _, images, labels = report.read_split(str(records_dir), "mnist", "test")
+  _, images, labels = pipeline.read_labelled(str(records_dir), "mnist", "test")
   tta = inference.load(str(root / "runs" / "tiny-seed0")).predict(images, tta=True)
   assert shipped["runs"][0]["test_accuracy_tta"] == pytest.approx(
       np.mean(tta.argmax(-1) == labels))

@@ -18,6 +18,8 @@ import pytest
 
 import train_fixtures as tfx
 
+pytestmark = pytest.mark.slow  # Every test here starts processes.
+
 LAUNCHER = str(tfx.REPO_ROOT / "tools" / "launch_local.py")
 # 480 train images / global batch 16 = 30 steps per epoch; 8 epochs = 240 steps.
 GLOBAL_BATCH = 16

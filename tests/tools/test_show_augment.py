@@ -1,7 +1,7 @@
 """Tests of tools/show_augment.py, run as a command on tiny synthetic records.
 
-The logic (tfmnist.figures.augment_preview) is tested in test_figures.py;
-here the flags and the exit status. The runs start together, as each pays
+The grid (evaluation.figures.augment_grid) is tested in test_figures.py;
+here the tool's flags, its output and the exit status. The runs start together, as each pays
 TensorFlow's start-up.
 """
 
@@ -15,9 +15,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tfmnist import records
+from tfmnist.data import records
 
-TOOL = pathlib.Path(__file__).resolve().parents[1] / "tools" / "show_augment.py"
+pytestmark = pytest.mark.slow  # Every test here runs the tool.
+
+TOOL = pathlib.Path(__file__).resolve().parents[2] / "tools" / "show_augment.py"
 
 
 def _write_records(records_dir):

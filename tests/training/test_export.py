@@ -11,7 +11,9 @@ import pytest
 import tensorflow as tf
 
 import train_fixtures as tfx
-from tfmnist import data, export, models, records
+from tfmnist import models
+from tfmnist.data import pixels, records
+from tfmnist.training import export
 
 SHAPE_MESSAGE = "images must be uint8 [N, 28, 28] or [N, 28, 28, 1]"
 SAVED_MODEL_CLI = os.path.join(os.path.dirname(tfx.PYTHON), "saved_model_cli")
@@ -109,7 +111,7 @@ def test_outputs_are_probabilities_and_classes(trained, loaded):
 
 def test_predictions_equal_the_trained_model(trained, loaded):
   run, _ = tfx.restore_run(trained.root / "run", trained.records_dir, **trained.fields)
-  logits = run.model(data.normalize(tf.constant(trained.images)), training=False)
+  logits = run.model(pixels.normalize(tf.constant(trained.images)), training=False)
   expected = tf.nn.softmax(logits).numpy()
   np.testing.assert_allclose(loaded["outputs"]["probabilities"], expected, atol=1e-5)
   # The model learned the patterns, so the comparison is not between two uniform outputs.
@@ -153,7 +155,7 @@ def test_saved_model_cli_shows_the_signature(trained):
 
 def test_export_of_several_models_averages_and_replaces_atomically(tmp_path):
   images = tf.constant(tfx.synthetic_split(8, seed=5)[0])
-  x = data.normalize(images)
+  x = pixels.normalize(images)
   ensemble = []
   for seed in (1, 2):
     tf.keras.utils.set_random_seed(seed)

@@ -5,8 +5,8 @@ import math
 import pytest
 import tensorflow as tf
 
-from tfmnist import schedules
-from tfmnist.schedules import PlateauConfig, ScheduleConfig, learning_rate
+from tfmnist.training import schedules
+from tfmnist.training.schedules import PlateauConfig, ScheduleConfig, learning_rate
 
 
 def lr_at(step, **fields):

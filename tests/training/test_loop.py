@@ -1,0 +1,413 @@
+"""Tests of the training loop, in process: metrics, checkpointed state, early stopping,
+EMA, precision, tracing, SIGTERM, refits, synchronised BatchNorm and clipping.
+
+Runs of `python -m tfmnist.train` itself are in tests/cli/test_train.py.
+"""
+
+import json
+import os
+import signal
+import time
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from tensorboard.backend.event_processing import event_accumulator
+
+import train_fixtures as tfx
+from tfmnist import hardware, run_dir
+from tfmnist.data import augment as augment_lib
+from tfmnist.data import pipeline, pixels, records
+from tfmnist.training import checkpoints, optim, schedules, state
+from tfmnist.training import loop as loop_lib
+from tfmnist.training import step as step_lib
+from tfmnist.errors import DataError
+
+STEPS_PER_EPOCH = 15  # 480 train images / global batch 32.
+TOTAL_STEPS = 2 * STEPS_PER_EPOCH
+
+
+def _metrics(model_dir):
+  return run_dir.RunDir(model_dir).read_metrics()
+
+
+def _accumulator(folder):
+  accumulator = event_accumulator.EventAccumulator(
+      folder, size_guidance={event_accumulator.TENSORS: 0})
+  accumulator.Reload()
+  return accumulator
+
+
+def _steps(accumulator, tag):
+  return [e.step for e in accumulator.Tensors(tag)]
+
+
+def _signal_after_step(monkeypatch, at_step):
+  """Makes the train loop send this process SIGTERM once the run reaches `at_step`."""
+  make_loop = step_lib.make_train_loop
+
+  def make(config, run, per_replica_batch_size):
+    loop = make_loop(config, run, per_replica_batch_size)
+
+    def loop_then_signal(iterator, num_steps):
+      losses = loop(iterator, num_steps)
+      if int(run.step.numpy()) == at_step:
+        # Only with the loop's handler in place: the default would end pytest.
+        assert signal.getsignal(signal.SIGTERM) not in (signal.SIG_DFL, None)
+        os.kill(os.getpid(), signal.SIGTERM)
+      return losses
+
+    return loop_then_signal
+
+  monkeypatch.setattr(step_lib, "make_train_loop", make)
+
+
+def _validation_steps(model_dir):
+  return _steps(_accumulator(os.path.join(model_dir, "logs", "validation")), "accuracy")
+
+
+def test_metrics_json_times_the_run_up_to_its_final_weights(tmp_path, records_dir):
+  start = time.perf_counter()
+  final = tfx.train_in_process(tmp_path / "run", records_dir, export=True)
+  elapsed = time.perf_counter() - start
+  assert 0 < final["train_seconds"] < elapsed  # The export comes after the clock stops.
+  assert _metrics(str(tmp_path / "run"))["train_seconds"] == final["train_seconds"]
+
+
+def test_schedule_and_plateau_state_are_in_the_checkpoint(tmp_path, records_dir):
+  # A learning rate too small to change any prediction: accuracy stalls, so
+  # the plateau cuts after every evaluation but the first (patience 1).
+  fields = dict(epochs=3, learning_rate=1e-9, schedule="cosine", final_lr_fraction=0.5,
+                plateau=schedules.PlateauConfig(monitor="val_accuracy", factor=0.5, patience=1))
+  final = tfx.train_in_process(tmp_path / "run", records_dir, **fields)
+  total = 3 * STEPS_PER_EPOCH
+  assert final["step"] == total
+  values = tfx.checkpoint_values(str(tmp_path / "run" / "checkpoints"))
+  assert float(values["plateau/scale/.ATTRIBUTES/VARIABLE_VALUE"]) == 0.25
+  assert float(values["plateau/best/.ATTRIBUTES/VARIABLE_VALUE"]) == \
+      pytest.approx(final["val_accuracy"])
+  assert int(values["plateau/wait/.ATTRIBUTES/VARIABLE_VALUE"]) == 0
+  assert int(values["optimizer/_iterations/.ATTRIBUTES/VARIABLE_VALUE"]) == total
+  # A fresh run restored from the checkpoint continues the schedule where it was.
+  run, _ = tfx.restore_run(tmp_path / "run", records_dir, **fields)
+  assert int(run.optimizer.iterations.numpy()) == total
+  assert run.learning_rate == pytest.approx(1e-9 * 0.5 * 0.25, rel=1e-5)
+
+
+
+def test_early_stopping_stops_before_the_epoch_limit(tmp_path, records_dir):
+  # Nothing improves with a zero learning rate: epoch 1 sets the best, epochs
+  # 2 and 3 are stale, and patience 2 stops after epoch 3 of 10.
+  final = tfx.train_in_process(tmp_path / "run", records_dir, epochs=10, learning_rate=0.0,
+                               early_stopping_patience=2, global_batch_size=96)
+  steps_per_epoch = 480 // 96
+  assert final["stopped_early"] is True
+  assert final["step"] == 3 * steps_per_epoch
+  assert final["epochs"] == 3.0
+  assert _metrics(str(tmp_path / "run"))["stopped_early"] is True
+
+
+def test_ema_weights_are_exported(tmp_path, records_dir):
+  fields = dict(optimizer=optim.OptimizerConfig(ema_decay=0.9), export=True,
+                learning_rate=3e-3)
+  final = tfx.train_in_process(tmp_path / "run", records_dir, **fields)
+  assert final["step"] == STEPS_PER_EPOCH and np.isfinite(final["val_loss"])
+  exported = tf.saved_model.load(str(tmp_path / "run" / "export"))
+  run, val = tfx.restore_run(tmp_path / "run", records_dir, **fields)
+  images = val.image[:50]
+  served = exported.signatures["serving_default"](images=images)["probabilities"].numpy()
+  x = tf.cast(images, tf.float32) / 255.0
+
+  def probabilities():
+    return tf.nn.softmax(run.model(x, training=False)).numpy()
+
+  raw = probabilities()
+  with checkpoints.EmaWeights(run.model, run.weight_average):
+    averaged = probabilities()
+  np.testing.assert_allclose(served, averaged, atol=1e-5)
+  assert np.abs(served - raw).max() > 1e-3  # The EMA is not the raw weights.
+  np.testing.assert_array_equal(probabilities(), raw)  # And the raw weights come back.
+
+
+@pytest.mark.parametrize("precision", ["mixed_bfloat16", "mixed_float16"])
+def test_mixed_precision_runs_with_finite_loss(tmp_path, records_dir, precision):
+  final = tfx.train_in_process(tmp_path / "run", records_dir, precision=precision,
+                               epochs=0.5)
+  assert final["step"] == 8
+  assert np.isfinite(final["val_loss"])
+  assert final["val_count"] == 120
+
+
+def test_auto_precision_is_recorded_and_kept_when_the_run_resumes(tmp_path, records_dir,
+                                                                   capsys):
+  model_dir = tmp_path / "run"
+  tfx.train_in_process(model_dir, records_dir, precision="auto", epochs=1)
+  policy, reason = hardware.choose_precision(hardware.detect())
+  manifest = json.loads((model_dir / "manifest.json").read_text())
+  assert manifest["precision"] == {"requested": "auto", "policy": policy, "reason": reason}
+  assert manifest["cpu"] == hardware.describe_cpu()
+  assert f"precision: {policy} (auto: {reason})" in capsys.readouterr().out
+  # As if the run had started on a machine of the other kind: its choice stays.
+  other = "float32" if policy == "mixed_bfloat16" else "mixed_bfloat16"
+  manifest["precision"].update(policy=other, reason="started elsewhere")
+  (model_dir / "manifest.json").write_text(json.dumps(manifest))
+  final = tfx.train_in_process(model_dir, records_dir, precision="auto", epochs=2)
+  assert final["step"] == TOTAL_STEPS
+  assert (f"precision: {other} (auto: chosen when the run started: started elsewhere)"
+          in capsys.readouterr().out)
+  kept = json.loads((model_dir / "manifest.json").read_text())["precision"]
+  assert kept["requested"] == "auto" and kept["policy"] == other
+
+
+def test_an_unknown_precision_is_one_line(tmp_path, records_dir):
+  with pytest.raises(ValueError, match="unknown precision 'bfloat8'; choose one of auto, "):
+    tfx.train_in_process(tmp_path / "run", records_dir, precision="bfloat8")
+
+
+def test_loops_are_traced_once(tmp_path, records_dir, monkeypatch):
+  # Loops of 4, 4, 4 and 3 steps: the count is a tensor, so one trace serves all.
+  traced = {}
+  for name in ("make_train_loop", "make_eval_fn"):
+    make = getattr(step_lib, name)
+    monkeypatch.setattr(step_lib, name, lambda *args, make=make, name=name: traced.setdefault(
+        name, make(*args)))
+  final = tfx.train_in_process(tmp_path / "run", records_dir, epochs=2, steps_per_loop=4)
+  assert final["step"] == TOTAL_STEPS
+  assert traced["make_train_loop"].experimental_get_tracing_count() == 1
+  assert traced["make_eval_fn"].experimental_get_tracing_count() == 1
+
+
+def test_sigterm_at_an_epoch_end_evaluates_that_epoch_first(tmp_path, records_dir,
+                                                             monkeypatch, capsys):
+  model_dir = str(tmp_path / "run")
+  _signal_after_step(monkeypatch, STEPS_PER_EPOCH)
+  stopped = tfx.train_in_process(model_dir, records_dir, epochs=2, steps_per_loop=5)
+  assert stopped == {"preempted": True, "step": STEPS_PER_EPOCH}
+  assert f"step {STEPS_PER_EPOCH}: val_loss=" in capsys.readouterr().out
+  monkeypatch.undo()
+  final = tfx.train_in_process(model_dir, records_dir, epochs=2, steps_per_loop=5)
+  assert final["step"] == TOTAL_STEPS
+  # Every epoch was evaluated once, as in an uninterrupted run.
+  assert _validation_steps(model_dir) == [STEPS_PER_EPOCH, TOTAL_STEPS]
+
+
+def test_sigterm_in_the_last_loop_still_finishes_the_run(tmp_path, records_dir, monkeypatch):
+  model_dir = str(tmp_path / "run")
+  _signal_after_step(monkeypatch, STEPS_PER_EPOCH)
+  final = tfx.train_in_process(model_dir, records_dir, epochs=1, steps_per_loop=5)
+  assert final["step"] == STEPS_PER_EPOCH and "preempted" not in final
+  assert _metrics(model_dir)["val_count"] == 120
+
+
+def test_rerunning_a_finished_run_keeps_its_metrics(tmp_path, records_dir):
+  model_dir = str(tmp_path / "run")
+  first = tfx.train_in_process(model_dir, records_dir)
+  second = tfx.train_in_process(model_dir, records_dir)
+  assert second == first
+  assert _metrics(model_dir)["val_accuracy"] == first["val_accuracy"]
+
+
+def test_refit_trains_on_train_and_validation_without_validating(tmp_path, records_dir, capsys):
+  model_dir = tmp_path / "refit"
+  fields = dict(train_splits=("train", "validation"), validation_split="",
+                global_batch_size=40, epochs=2, export=True)
+  final = tfx.train_in_process(model_dir, records_dir, **fields)
+  # 600 images make 15 steps of 40 an epoch; train alone (480) would make 12.
+  assert final["step"] == 2 * 15
+  assert final["epochs"] == 2.0
+  assert not [key for key in final if key.startswith("val_")]
+  assert tf.train.get_checkpoint_state(str(model_dir / "checkpoints")).all_model_checkpoint_paths \
+      == [str(model_dir / "checkpoints" / f"ckpt-{step}") for step in (15, 30)]
+  assert not os.path.exists(model_dir / "best")
+  assert not os.path.exists(model_dir / "logs" / "validation")
+  assert os.path.exists(model_dir / "export" / "saved_model.pb")
+  assert "step 15: checkpoint saved (no validation split)" in capsys.readouterr().out
+  with open(model_dir / "manifest.json") as f:
+    assert json.load(f)["train_splits"] == ["train", "validation"]
+  # A rerun of the finished run trains and evaluates nothing.
+  assert tfx.train_in_process(model_dir, records_dir, **fields) == final
+
+
+@pytest.mark.parametrize("fields, message", [
+    (dict(train_splits=("train", "validation")),
+     "validation_split=validation is also in train_splits; set validation_split empty to "
+     "train without validation"),
+    (dict(validation_split="", early_stopping_patience=2),
+     "early_stopping_patience needs a validation split; drop it or set validation_split"),
+    (dict(validation_split="", early_stopping_patience=2,
+          plateau=schedules.PlateauConfig(monitor="val_loss")),
+     "plateau_monitor and early_stopping_patience need a validation split; drop them or "
+     "set validation_split"),
+    (dict(train_splits=()), "train_splits is empty; name the splits to train on"),
+])
+def test_refit_settings_that_cannot_work_are_refused(tmp_path, records_dir, fields, message):
+  with pytest.raises(ValueError) as raised:
+    tfx.train_in_process(tmp_path / "run", records_dir, **fields)
+  assert str(raised.value) == message
+  assert not os.path.exists(tmp_path / "run" / "checkpoints")
+
+
+def test_a_train_split_the_records_lack_is_refused(tmp_path, records_dir):
+  with pytest.raises(DataError, match=r"^mnist has no 'extra' split \(has train, validation, "
+                     r"test\)$"):
+    tfx.train_in_process(tmp_path / "run", records_dir, train_splits=("train", "extra"))
+
+
+def test_rerunning_an_early_stopped_run_trains_no_further(tmp_path, records_dir):
+  fields = dict(epochs=10, learning_rate=0.0, early_stopping_patience=1, global_batch_size=96)
+  first = tfx.train_in_process(tmp_path / "run", records_dir, **fields)
+  assert first["stopped_early"] and first["step"] == 2 * 5
+  second = tfx.train_in_process(tmp_path / "run", records_dir, **fields)
+  assert second == first
+
+
+STEP_ROUNDING = 1e-3
+
+
+def _shadow_steps(records_dir, tmp_path, strategies, synchronized=True):
+  """How far apart each step takes two runs that start it alike.
+
+  Both runs read the same global batches. Before every step the second run
+  gets the first run's model and optimizer variables, so each step's
+  difference is that step's own rounding, never an accumulation of earlier
+  ones. The runs are compared by what their models compute: the logits of
+  the validation images (inference mode, so the moving statistics count too)
+  from the first run's model with either run's weights.
+
+  Returns:
+    [|logits(two) - logits(one)| / |logits(one) - logits(before the step)|]
+    of each step, maxima over images and classes.
+  """
+  tfx.register_tiny_bn()
+  config = tfx.train_config(tmp_path, records_dir, model="tiny_bn", epochs=2,
+                            augment=augment_lib.AugmentConfig(rotation_degrees=10, shift_x=0.1))
+  keras.utils.set_random_seed(config.seed)
+  info = records.read_info(records_dir, "mnist")
+  files = records.split_files(records_dir, "mnist", "train")
+  counts = [s["count"] for s in info["splits"]["train"]["shards"]]
+  val = pipeline.read_examples(records.split_files(records_dir, "mnist", "validation"))
+  runs, loops, iterators = [], [], []
+  for strategy in strategies:
+    per_replica = config.global_batch_size // strategy.num_replicas_in_sync
+    run = state.create_run(config, strategy, info["num_classes"], val.image[:per_replica],
+                           TOTAL_STEPS, STEPS_PER_EPOCH)
+    dataset, _ = pipeline.distribute_train(strategy, files, counts, config.global_batch_size,
+                                       config.seed, 0, config.sharding)
+    runs.append(run)
+    loops.append(step_lib.make_train_loop(config, run, per_replica))
+    iterators.append(iter(dataset))
+  for layer in runs[1].model.stack:
+    if isinstance(layer, keras.layers.BatchNormalization):
+      layer.synchronized = synchronized
+  images = pixels.normalize(val.image)
+
+  def variables_of(run):
+    return list(run.model.variables) + list(run.optimizer.variables)
+
+  def logits_with(values):
+    for variable, value in zip(variables_of(runs[0]), values):
+      variable.assign(value)
+    return runs[0].model(images, training=False).numpy().astype(np.float64)
+
+  ratios = []
+  for _ in range(TOTAL_STEPS):
+    for mine, theirs in zip(variables_of(runs[1]), variables_of(runs[0])):
+      mine.assign(theirs.numpy())
+    before = logits_with([v.numpy() for v in variables_of(runs[0])])
+    for loop, iterator in zip(loops, iterators):
+      loop(iterator, tf.constant(1))
+    one = [v.numpy() for v in variables_of(runs[0])]
+    two = logits_with([v.numpy() for v in variables_of(runs[1])])
+    after = logits_with(one)
+    ratios.append(np.abs(two - after).max() / np.abs(after - before).max())
+  return ratios
+
+
+def test_batchnorm_two_replicas_take_the_step_one_replica_takes(records_dir, tmp_path,
+                                                                 two_replicas):
+  """Synchronised BatchNorm: each step of two replicas is one replica's step.
+
+  One replica trains through TensorFlow's fused BatchNorm, two replicas through
+  Keras's synchronised path (moments from all-reduced sums). Both compute the
+  same step in float32 in different orders: the moments of each channel and
+  every kernel gradient are sums over the global batch (n = 32 x 26 x 26 =
+  21,632 terms in the first layer), which one replica adds in one order and
+  two replicas as two halves. Rounding then differs by about sqrt(n) x 6e-8 =
+  9e-6 of the terms' size. Measured on the logits, as a fraction of the
+  step's own change, it was 4e-6 at the median step and at most 9.4e-5 (where
+  Adam divides a gradient near its epsilon by itself) over 6 seeds x 30 steps,
+  the same with oneDNN's AVX-512 and AVX2 kernels (ONEDNN_MAX_CPU_ISA=AVX2).
+  STEP_ROUNDING allows 1e-3. Per-replica statistics, the defect this guards
+  against, moved the logits by 2e-2 to 0.1 on every step; the second half
+  checks that the test sees them.
+
+  Two whole runs cannot be held to a rounding tolerance: training amplifies
+  these differences without bound. A max-pool window whose two largest inputs
+  are within rounding of each other sends its gradient to another input, and
+  Adam's moments carry it on: 30-step two-replica runs of this model differed
+  by 2e-6 with AVX-512 kernels and 1.1e-4 with AVX2 ones, from the same
+  per-step agreement.
+  """
+  strategies = (tf.distribute.get_strategy(), two_replicas)
+  synced = _shadow_steps(records_dir, tmp_path / "synced", strategies)
+  assert len(synced) == TOTAL_STEPS
+  assert max(synced) < STEP_ROUNDING, synced
+  keras.backend.clear_session()
+  unsynced = _shadow_steps(records_dir, tmp_path / "unsynced", strategies, synchronized=False)
+  assert min(unsynced) > STEP_ROUNDING, unsynced
+
+
+def test_weight_average_covers_batch_norm_statistics(tmp_path, records_dir):
+  """With a BatchNorm model the EMA swaps in the averaged moving statistics too, and
+  the raw values come back afterwards."""
+  fields = dict(model="strided_bn", optimizer=optim.OptimizerConfig(ema_decay=0.5),
+                learning_rate=3e-3, epochs=1)
+  tfx.train_in_process(tmp_path / "run", records_dir, **fields)
+  run, val = tfx.restore_run(tmp_path / "run", records_dir, **fields)
+  moving = [v for v in run.model.variables if "moving_mean" in v.name]
+  assert moving and run.weight_average is not None
+  raw = [v.numpy() for v in run.model.variables]
+  averages = [a.numpy() for a in run.weight_average.averages]
+  with checkpoints.EmaWeights(run.model, run.weight_average):
+    swapped = [v.numpy() for v in run.model.variables]
+  for value, average in zip(swapped, averages):
+    np.testing.assert_array_equal(value, average)
+  index = [i for i, v in enumerate(run.model.variables) if "moving_mean" in v.name][0]
+  assert np.abs(averages[index] - raw[index]).max() > 0  # Statistics are averaged too.
+  for value, before in zip([v.numpy() for v in run.model.variables], raw):
+    np.testing.assert_array_equal(value, before)  # And the raw ones come back.
+
+
+def test_weight_average_update_formula():
+  variable = tf.Variable([1.0, 2.0])
+  average = optim.WeightAverage([variable], decay=0.75)
+  variable.assign([5.0, 6.0])
+  average.update([variable])
+  np.testing.assert_allclose(average.averages[0].numpy(), [2.0, 3.0])
+
+
+@pytest.mark.parametrize("precision", ["float32", "mixed_float16"])
+def test_clipping_bounds_the_update_to_lr_times_clip_norm(tmp_path, records_dir, precision):
+  """One SGD step (lr 1) with a tiny clip norm moves the weights by exactly the clip
+  norm; under loss scaling the clip applies to the true, unscaled gradient."""
+  import keras  # pylint: disable=g-import-not-at-top
+  fields = dict(optimizer=optim.OptimizerConfig(name="sgd"), learning_rate=1.0,
+                clip_norm=0.01, epochs=0.5 / STEPS_PER_EPOCH, precision=precision)
+  config = tfx.train_config(tmp_path / "init", records_dir, **fields)
+  try:
+    keras.utils.set_random_seed(config.seed)
+    keras.mixed_precision.set_global_policy(precision)
+    setup = loop_lib.set_up(config)
+    before = [v.numpy() for v in setup.run.model.trainable_variables]
+  finally:
+    keras.mixed_precision.set_global_policy("float32")
+  final = tfx.train_in_process(tmp_path / "run", records_dir, **fields)
+  assert final["step"] == 1
+  run, _ = tfx.restore_run(tmp_path / "run", records_dir, **fields)
+  after = [v.numpy() for v in run.model.trainable_variables]
+  keras.mixed_precision.set_global_policy("float32")
+  moved = np.sqrt(sum(np.sum((a - b) ** 2) for a, b in zip(after, before)))
+  assert moved == pytest.approx(0.01, rel=1e-3)
+
+
