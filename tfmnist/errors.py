@@ -14,6 +14,14 @@ class DataError(Exception):
   """
 
 
+class DownloadError(DataError):
+  """A download failed; `reason` says why without the advice the message adds."""
+
+  def __init__(self, reason, advice=""):
+    super().__init__(f"{reason}; {advice}" if advice else reason)
+    self.reason = reason
+
+
 class NonFiniteLoss(RuntimeError):
   """The loss became NaN or infinite; the message names the step."""
 

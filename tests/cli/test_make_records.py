@@ -30,7 +30,7 @@ def run_make_records(*args):
   return result.returncode, result.stdout, stderr
 
 
-def test_writes_records_then_refuses_to_overwrite(idx_dir, tmp_path):
+def test_writes_records_then_keeps_matching_ones_and_refuses_others(idx_dir, tmp_path):
   out = tmp_path / "out"
 
   code, stdout, stderr = run_make_records(
@@ -41,15 +41,24 @@ def test_writes_records_then_refuses_to_overwrite(idx_dir, tmp_path):
   info = json.loads((out / "mnist" / "info.json").read_text())
   assert [s["file"] for s in info["splits"]["train"]["shards"]] == [
       "train-00000-of-00002.tfrecord", "train-00001-of-00002.tfrecord"]
-  before = sorted(os.listdir(out / "mnist"))
+  before = {n: os.stat(out / "mnist" / n).st_mtime_ns for n in os.listdir(out / "mnist")}
+
+  # The same request again (the tour after the main job made the records).
+  code, stdout, stderr = run_make_records(
+      "--dataset=mnist", f"--output_dir={out}", "--num_shards=2")
+
+  assert code == 0, stderr
+  assert stdout.strip() == (f"{out / 'mnist'}: already there with these settings (train 54, "
+                            "validation 6, test 20); nothing to do (--overwrite makes them again)")
 
   code, stdout, stderr = run_make_records(
       "--dataset=mnist", f"--source_dir={idx_dir}", f"--output_dir={out}")
 
   assert code != 0 and stdout == ""
-  assert stderr == [f"make_records: error: {out / 'mnist'}: already exists; "
-                    "pass --overwrite to replace it"]
-  assert sorted(os.listdir(out / "mnist")) == before
+  assert stderr == [f"make_records: error: {out / 'mnist'}: already exists with other "
+                    "settings: num_shards 2 (asked 8); pass --overwrite to replace it"]
+  after = {n: os.stat(out / "mnist" / n).st_mtime_ns for n in os.listdir(out / "mnist")}
+  assert after == before
   assert os.listdir(out) == ["mnist"]
 
 

@@ -18,6 +18,10 @@ def test_missing_records_without_source_name_make_records(tmp_path, monkeypatch)
   assert "\n" not in message
   assert f"python tools/make_records.py --dataset=mnist --output_dir={tmp_path / 'records'}" \
       in message
+  # The way out that train itself offers, and none of make_records' own settings.
+  assert "without internet, set source_dir=DIR to prepare them from local IDX or NPZ " \
+      "files of mnist" in message
+  assert "download_base_url" not in message and "source idx" not in message
 
 
 def test_records_another_worker_prepared_meanwhile_are_used(tmp_path, monkeypatch):

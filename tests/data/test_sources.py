@@ -410,8 +410,10 @@ def test_npz_channel_axis_and_integral_floats(tmp_path, mnist_arrays):
 @pytest.mark.parametrize("arrays,message", [
     ({"x_train": np.zeros((4, 32, 32), np.uint8), "y_train": np.zeros(4)},
      r"\[x_train\]: wrong image shape \[4, 32, 32\]"),
-    ({"x_train": np.full((4, 28, 28), 0.5), "y_train": np.zeros(4)},
-     r"\[x_train\]: pixel values must be integers in 0..255"),
+    ({"x_train": np.full((4, 28, 28), 2.5), "y_train": np.zeros(4)},
+     r"\[x_train\]: pixel value 2.5 is not an integer, and the values span \[2.5, 2.5\]"),
+    ({"x_train": np.full((4, 28, 28), -1.0), "y_train": np.zeros(4)},
+     r"\[x_train\]: pixel values span \[-1, -1\], outside 0..255"),
     ({"x_train": np.zeros((4, 28, 28), np.uint8), "y_train": np.zeros(3)},
      r"\[x_train\]: 4 images but .*\[y_train\] has 3 labels"),
     ({"x_train": np.zeros((4, 28, 28), np.uint8), "y_train": [0, 1, 10, 2]},

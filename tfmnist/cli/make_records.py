@@ -15,7 +15,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import app, flags, logging  # pylint: disable=g-import-not-at-top
 
-from tfmnist.data import prepare, records  # pylint: disable=g-import-not-at-top
+from tfmnist.cli.messages import as_flags  # pylint: disable=g-import-not-at-top
+from tfmnist.data import prepare  # pylint: disable=g-import-not-at-top
 from tfmnist.errors import DataError  # pylint: disable=g-import-not-at-top
 
 _DATASET = flags.DEFINE_string(
@@ -51,8 +52,12 @@ _CACHE_DIR = flags.DEFINE_string(
 _TFDS_DATA_DIR = flags.DEFINE_string(
     "tfds_data_dir", "", "tensorflow-datasets data folder (default: its own).")
 _LABEL_COLUMN = flags.DEFINE_string(
-    "label_column", "", "CSV label column, by header name or 0-based index; 'none' reads "
-    "the file as unlabeled. Default: the column named label.")
+    "label_column", "", "CSV label column, by header name, 0-based index (-1: the last), "
+    "first or last; 'none' reads the file as unlabeled. Default: the column named label, "
+    "or the first of a headerless 785-column file.")
+_LABEL_OFFSET = flags.DEFINE_integer(
+    "label_offset", None, "The raw label of the first class (1 for labels that count from "
+    "1). Default: the dataset's own (0; 1 for EMNIST letters).")
 _ID_COLUMN = flags.DEFINE_string(
     "id_column", "", "CSV id column, by header name or 0-based index. Default: a column "
     "named id or ImageId.")
@@ -81,16 +86,22 @@ def main(argv):
       tfds_data_dir=_TFDS_DATA_DIR.value, label_column=_LABEL_COLUMN.value,
       id_column=_ID_COLUMN.value, class_names=class_names,
       transpose={"auto": None, "yes": True, "no": False}[_TRANSPOSE.value],
-      show_progress=_PROGRESS.value)
+      label_offset=_LABEL_OFFSET.value, show_progress=_PROGRESS.value)
+  existed = (os.path.exists(os.path.join(config.output_dir, config.dataset)) and
+             not config.overwrite)
   try:
-    folder = records.dataset_dir(config.output_dir, config.dataset)
-    if os.path.exists(folder) and not config.overwrite:
-      raise DataError(f"{folder}: already exists; pass --overwrite to replace it")
     folder, info = prepare.make_records(config)
   except DataError as e:
-    sys.exit(f"make_records: error: {e}")
+    sys.exit(f"make_records: error: {as_flags(str(e))}")
   counts = ", ".join(f"{name} {s['count']:,}" for name, s in info["splits"].items())
+  if existed:
+    print(f"{folder}: already there with these settings ({counts}); nothing to do "
+          "(--overwrite makes them again)")
+    return
   print(f"{folder}: {counts}")
+  for check in info["checks"]:
+    if check["outcome"] == "fixed":
+      print(f"make_records: note: {check['detail']}")
 
 
 def run():

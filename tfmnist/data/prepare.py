@@ -17,7 +17,7 @@ from absl import logging
 
 import tfmnist
 from tfmnist import files
-from tfmnist.data import records
+from tfmnist.data import checks, records
 from tfmnist.data import splits as splits_lib
 from tfmnist.data.catalog import IMAGE_SHAPE, get_spec
 from tfmnist.data.sources import RawSplit
@@ -51,6 +51,7 @@ class PrepareConfig:
   id_column: str = ""
   class_names: tuple = ()
   transpose: Optional[bool] = None  # Override the dataset's IDX orientation.
+  label_offset: Optional[int] = None  # The raw label of class 0; None: the dataset's.
   show_progress: bool = True
 
 
@@ -90,7 +91,7 @@ def load_source(config, spec):
       if path:
         splits[split] = csv_source.read_csv(path, spec.num_classes,
                                             config.label_column or None,
-                                            config.id_column or None)
+                                            config.id_column or None, spec.label_offset)
     if not splits:
       raise DataError("source=csv needs train_csv and/or test_csv")
     return splits
@@ -160,18 +161,105 @@ def _take(raw, order):
                   None if raw.ids is None else raw.ids[order], raw.files)
 
 
+_SOURCE_FIELDS = ("source", "source_dir", "train_csv", "test_csv", "extra_csv")
+
+
+def _absolute(path):
+  return os.path.abspath(path) if path else ""
+
+
+def request_of(config):
+  """The settings of `config` that decide what make_records writes (for info.json)."""
+  return {
+      "source": config.source,
+      "source_dir": _absolute(config.source_dir),
+      "train_csv": _absolute(config.train_csv),
+      "test_csv": _absolute(config.test_csv),
+      "extra_csv": [f"{n}={_absolute(p)}" for n, _, p in
+                    (pair.partition("=") for pair in config.extra_csv)],
+      "validation_size": config.validation_size,
+      "num_shards": config.num_shards,
+      "seed": config.seed,
+      "label_column": config.label_column,
+      "id_column": config.id_column,
+      "class_names": list(config.class_names),
+      "transpose": config.transpose,
+      "label_offset": config.label_offset,
+  }
+
+
+def rebuild_command(config):
+  """The make_records command that writes these records again, over the old ones."""
+  request = request_of(config)
+  parts = ["python tools/make_records.py", f"--dataset={config.dataset}",
+           f"--output_dir={config.output_dir}"]
+  for key, value in request.items():
+    default = getattr(PrepareConfig, key, None) if key != "extra_csv" else ()
+    if key == "extra_csv":
+      parts += [f"--extra_csv={pair}" for pair in value]
+    elif key == "class_names":
+      parts += [f"--class_names={','.join(value)}"] if value else []
+    elif key == "transpose":
+      parts += [] if value is None else [f"--transpose={'yes' if value else 'no'}"]
+    elif value not in ("", None) and value != default:
+      parts.append(f"--{key}={value}")
+  return " ".join(parts + ["--overwrite"])
+
+
+def existing_differences(info, config):
+  """How the records `info` describes differ from what `config` asks; [] when they match.
+
+  Records are compared on what the request names: asking for no source in
+  particular accepts records of the dataset from any source.
+  """
+  asked = request_of(config)
+  kept = info.get("request")
+  if kept is None:  # Records from before info.json kept the request.
+    train = info["splits"].get("train", {})
+    kept = {"validation_size": info.get("validation_size"), "seed": info.get("seed")}
+    if "shards" in train:
+      kept["num_shards"] = len(train["shards"])
+  if asked["class_names"]:
+    kept = dict(kept, class_names=info["class_names"])
+  differences = []
+  for key, value in asked.items():
+    if key not in kept or (key in _SOURCE_FIELDS and not any(asked[k] for k in _SOURCE_FIELDS)):
+      continue
+    if key == "class_names" and not value:
+      continue
+    if kept[key] != value:
+      differences.append(f"{key} {kept[key]!r} (asked {value!r})")
+  return differences
+
+
 def make_records(config):
-  """Writes `<output_dir>/<dataset>/` for `config`; returns (folder, info)."""
+  """Writes `<output_dir>/<dataset>/` for `config`; returns (folder, info).
+
+  Records already there that match the request (existing_differences) are
+  returned as they are, and nothing is written.
+  """
   spec = get_spec(config.dataset, config.class_names)
   if config.transpose is not None:
     spec = dataclasses.replace(spec, transposed=config.transpose)
+  if config.label_offset is not None:
+    spec = dataclasses.replace(spec, label_offset=config.label_offset)
   if config.num_shards < 1:
     raise DataError(f"num_shards must be at least 1, got {config.num_shards}")
   final = records.dataset_dir(config.output_dir, spec.name)
   if os.path.exists(final) and not config.overwrite:
-    raise DataError(f"{final}: already exists; set overwrite to replace it")
+    try:
+      info = records.read_info(config.output_dir, spec.name)
+    except DataError as e:
+      raise DataError(f"{final}: already exists but does not hold readable records ({e}); "
+                      "set overwrite to replace it") from None
+    differences = existing_differences(info, config)
+    if differences:
+      raise DataError(f"{final}: already exists with other settings: "
+                      f"{'; '.join(differences)}; set overwrite to replace it")
+    return final, info
   source = infer_source(config)
   raw = load_source(config, spec)
+  check_entries = checks.run_checks(raw, spec)
   # Source positions survive the shuffles below, so the order is recoverable.
   indices = {name: np.arange(len(s)) for name, s in raw.items()}
   splits = {}
@@ -210,6 +298,9 @@ def make_records(config):
       "seed": config.seed,
       "validation_size": config.validation_size,
       "tool_version": tfmnist.__version__,
+      "request": request_of(config),
+      "rebuild": rebuild_command(config),
+      "checks": check_entries,
       "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
       "splits": {},
   }
@@ -269,10 +360,15 @@ def ensure_records(records_dir, dataset, source_dir="", show_progress=True, say=
     try:  # Another worker of the cluster may have prepared them meanwhile.
       info = records.read_info(records_dir, dataset)
     except DataError:
+      # The reason alone: a download's advice names make_records settings.
+      reason = getattr(e, "reason", str(e))
+      hint = ("" if source_dir else "; without internet, set source_dir=DIR to prepare "
+              f"them from local IDX or NPZ files of {dataset}")
       raise DataError(
-          f"no records for {dataset} and they could not be prepared ({e}); run "
+          f"no records of {dataset} in {records_dir}/, and they could not be prepared "
+          f"({reason}){hint}, or make them with "
           f"`python tools/make_records.py --dataset={dataset} --output_dir={records_dir}` "
-          "with a --source_dir or --train_csv of local files") from None
+          "(CSV and other sources)") from None
     say(f"Using the records of {dataset} that another process prepared.")
     return info
   return records.read_info(records_dir, dataset)

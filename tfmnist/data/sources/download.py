@@ -16,7 +16,7 @@ import zipfile
 
 from absl import logging
 
-from tfmnist.errors import DataError
+from tfmnist.errors import DataError, DownloadError
 from tfmnist.progress import Progress
 from tfmnist.data.sources import idx
 from tfmnist.files import sha256_file
@@ -72,12 +72,12 @@ def fetch(url, dest, sha256, timeout_seconds=60, show_progress=True):
           "the download is corrupt or not the official file and was discarded")
     os.replace(partial, dest)
   except urllib.error.HTTPError as e:
-    raise DataError(f"{url}: download failed (HTTP {e.code} {e.reason})") from None
+    raise DownloadError(f"{url}: download failed (HTTP {e.code} {e.reason})") from None
   # ValueError: a URL without a scheme; HTTPException: a reply that is not HTTP.
   except (urllib.error.URLError, OSError, ValueError, http.client.HTTPException) as e:
     reason = str(getattr(e, "reason", e)).strip()  # BadStatusLine ends in a newline.
-    raise DataError(
-        f"{url}: download failed ({reason}); offline machines can use local files "
+    raise DownloadError(
+        f"{url}: download failed ({reason})", "offline machines can use local files "
         f"(source idx, csv or npz) or a mirror (download_base_url or ${BASE_URL_ENV})"
     ) from None
   finally:

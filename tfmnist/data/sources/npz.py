@@ -7,7 +7,7 @@ import zipfile
 import numpy as np
 
 from tfmnist.errors import DataError
-from tfmnist.data.sources import RawSplit, check_labels
+from tfmnist.data.sources import RawSplit, check_labels, to_pixels
 
 _SPLIT_WORDS = {"train": "train", "test": "test", "t10k": "test"}
 
@@ -24,25 +24,37 @@ def _load(path):
     raise DataError(f"{path}: not a readable .npz archive ({e})") from None
 
 
-def _make_split(images, labels, image_name, label_name, spec):
+def _as_images(images, name):
+  """[N, 28, 28] from [N, 28, 28], [N, 28, 28, 1], [N, 1, 28, 28] or flat [N, 784]."""
   images = np.asarray(images)
   if images.ndim == 4 and images.shape[-1] == 1:
     images = images[..., 0]
+  elif images.ndim == 4 and images.shape[1] == 1:
+    images = images[:, 0]
+  elif images.ndim == 2 and images.shape[1] == 28 * 28:
+    images = images.reshape(-1, 28, 28)
   if images.ndim != 3 or images.shape[1:] != (28, 28):
-    raise DataError(f"{image_name}: wrong image shape {list(images.shape)}, expected [N, 28, 28]")
-  if images.dtype != np.uint8:
-    if images.size and (images.min() < 0 or images.max() > 255 or
-                        np.any(images != np.round(images))):
-      raise DataError(f"{image_name}: pixel values must be integers in 0..255")
-    images = images.astype(np.uint8)
-  labels = np.asarray(labels).reshape(-1)
+    raise DataError(f"{name}: wrong image shape {list(images.shape)}, expected [N, 28, 28] "
+                    "(or [N, 784], [N, 28, 28, 1], [N, 1, 28, 28])")
+  return images
+
+
+def _make_split(images, labels, image_name, label_name, spec):
+  images, notes = to_pixels(_as_images(images, image_name), image_name)
+  labels = np.asarray(labels)
+  if labels.ndim == 2 and labels.shape[1] == spec.num_classes and labels.shape[1] > 1:
+    raise DataError(f"{label_name}: one-hot labels [N, {labels.shape[1]}]; save class "
+                    "indices instead (labels.argmax(axis=1))")
+  labels = labels.reshape(-1)
   if len(labels) != len(images):
     raise DataError(f"{image_name}: {len(images)} images but {label_name} has {len(labels)} labels")
+  if np.issubdtype(labels.dtype, np.floating) and np.any(labels != np.round(labels)):
+    raise DataError(f"{label_name}: labels that are not integers")
   if spec.transposed:
     images = images.transpose(0, 2, 1)
   labels = check_labels(labels, spec.num_classes, lambda i: f"{label_name} (label #{i})",
                         spec.label_offset)
-  return RawSplit(np.ascontiguousarray(images), labels)
+  return RawSplit(np.ascontiguousarray(images), labels, notes=notes)
 
 
 def load_npz(source, spec):
