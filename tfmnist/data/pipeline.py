@@ -19,6 +19,7 @@ floats there, in evaluation and in the exported model alike.
 """
 
 import dataclasses
+import os
 
 import numpy as np
 import tensorflow as tf
@@ -78,7 +79,13 @@ def read_examples(files):
       cycle_length=max(1, min(len(files), 8)), block_length=1,
       num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
   dataset = dataset.map(parse_batch, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-  parts = list(dataset.prefetch(tf.data.AUTOTUNE))
+  try:
+    parts = list(dataset.prefetch(tf.data.AUTOTUNE))
+  except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as e:
+    # Shards checked against info.json (records.split_files) do not get here;
+    # these were not, or changed since.
+    raise DataError(f"{os.path.dirname(files[0])}: a shard of {len(files)} is damaged "
+                    f"({e.message.splitlines()[0][:200]}); make the records again") from None
   if not parts:
     raise ValueError(f"no examples in {len(files)} files starting with {files[:1]}")
   return Examples(**{k: tf.concat([p[k] for p in parts], 0) for k in parts[0]})
