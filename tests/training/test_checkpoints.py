@@ -1,13 +1,16 @@
-"""Faults in process: damaged checkpoints, a full disk while checkpointing or writing records.
+"""Faults in process: damaged checkpoints, a folder of another run, a full disk while
+checkpointing or writing records.
 
 A run that finds its newest checkpoint damaged resumes from the previous
-one; with every checkpoint damaged it stops rather than start again; a full
-disk stops it with one line and leaves the last good checkpoint (or the
-previous records) in place. Faults of running commands and clusters are in
-tests/tools/test_launch_local.py.
+one, with one warning; with every checkpoint damaged it stops rather than
+start again; a folder that holds another model, classes or precision is
+refused before anything in it is touched; a full disk stops it with one line
+and leaves the last good checkpoint (or the previous records) in place.
+Faults of running commands and clusters are in tests/tools/test_launch_local.py.
 """
 
 import errno
+import json
 import os
 
 import pytest
@@ -17,6 +20,7 @@ import train_fixtures as tfx
 from tfmnist import run_dir
 from tfmnist.data import pipeline, prepare, records
 from tfmnist.errors import DataError, SaveError
+from tfmnist.training import loop
 
 STEPS_PER_EPOCH = 15  # 480 train images / global batch 32.
 TOTAL_STEPS = 2 * STEPS_PER_EPOCH
@@ -54,7 +58,10 @@ def test_damaged_newest_checkpoint_falls_back_to_the_previous_one(one_epoch, rec
   _damage(newest + ".data-00000-of-00001", how)
   final = tfx.train_in_process(model_dir, records_dir, checkpoint_every_steps=5, epochs=2)
   out = capsys.readouterr().out
-  assert f"warning: checkpoint {newest} is damaged; falling back to the previous one" in out
+  warnings = [line for line in out.splitlines() if "is damaged" in line]
+  assert len(warnings) == 1, out  # Once, for the one damaged checkpoint.
+  assert warnings[0].startswith(f"warning: checkpoint {newest} is damaged (")
+  assert warnings[0].endswith("); falling back to the previous one")
   previous = os.path.join(model_dir, "checkpoints", "ckpt-10")
   assert f"Resuming from {previous} at step 10 of {TOTAL_STEPS}." in out
   assert final["step"] == metrics(model_dir)["step"] == TOTAL_STEPS
@@ -62,7 +69,7 @@ def test_damaged_newest_checkpoint_falls_back_to_the_previous_one(one_epoch, rec
 
 
 def test_every_checkpoint_damaged_is_an_error_not_a_fresh_start(one_epoch, records_dir,
-                                                                tmp_path):
+                                                                tmp_path, capsys):
   model_dir = tfx.copy_tree(one_epoch, tmp_path / "run")
   for step in (5, 10, 15):
     _damage(os.path.join(model_dir, "checkpoints", f"ckpt-{step}.data-00000-of-00001"),
@@ -71,9 +78,80 @@ def test_every_checkpoint_damaged_is_an_error_not_a_fresh_start(one_epoch, recor
     tfx.train_in_process(model_dir, records_dir, checkpoint_every_steps=5, epochs=2)
   message = str(error.value)
   assert "\n" not in message and message.startswith("no readable checkpoint: ")
-  for step in (5, 10, 15):
-    assert os.path.join(model_dir, "checkpoints", f"ckpt-{step}") in message
+  warnings = [line for line in capsys.readouterr().out.splitlines() if "is damaged" in line]
+  for step in (15, 10, 5):  # Newest first, one warning each.
+    path = os.path.join(model_dir, "checkpoints", f"ckpt-{step}")
+    assert path in message
+    assert warnings.pop(0).startswith(f"warning: checkpoint {path} is damaged (")
+  assert not warnings
   assert metrics(model_dir)["step"] == STEPS_PER_EPOCH  # Untouched.
+
+
+def _contents(folder):
+  """{relative path: bytes} of every file under `folder`."""
+  found = {}
+  for root, _, names in os.walk(folder):
+    for name in names:
+      path = os.path.join(root, name)
+      with open(path, "rb") as f:
+        found[os.path.relpath(path, folder)] = f.read()
+  return found
+
+
+def _edit_manifest(model_dir, **values):
+  folder = run_dir.RunDir(model_dir)
+  manifest = folder.read_manifest()
+  manifest.update(values)
+  with open(os.path.join(model_dir, run_dir.MANIFEST_FILE), "w") as f:
+    json.dump(manifest, f)
+
+
+@pytest.mark.parametrize("asked, holds", [
+    (dict(model="lenet5"), "lenet5 on mnist (float32)"),
+    (dict(precision="mixed_bfloat16"), "mlp on mnist (mixed_bfloat16)"),
+])
+def test_a_folder_of_another_run_is_refused_before_anything_is_touched(
+    one_epoch, records_dir, tmp_path, asked, holds):
+  """Another model or precision: one line saying what the folder holds, nothing written."""
+  model_dir = tfx.copy_tree(one_epoch, tmp_path / "run")
+  before = _contents(model_dir)
+  with pytest.raises(DataError) as error:
+    tfx.train_in_process(model_dir, records_dir, checkpoint_every_steps=5, epochs=2, **asked)
+  assert str(error.value) == (
+      f"{model_dir} holds a run of mlp on mnist (float32); asked for {holds}: choose another "
+      "model_dir, or delete the folder to start over")
+  assert _contents(model_dir) == before
+
+
+def test_a_folder_trained_on_other_classes_is_refused(one_epoch, records_dir, tmp_path):
+  model_dir = tfx.copy_tree(one_epoch, tmp_path / "run")
+  letters = [chr(ord("a") + i) for i in range(10)]
+  _edit_manifest(model_dir, class_names=letters)
+  with pytest.raises(DataError) as error:
+    tfx.train_in_process(model_dir, records_dir, epochs=2)
+  assert str(error.value).startswith(
+      f"{model_dir} holds a run of mlp on mnist (float32, classes {','.join(letters)}); asked "
+      "for mlp on mnist (float32, classes 0,1,2,3,4,5,6,7,8,9): ")
+
+
+def test_auto_precision_is_described_with_its_choice(one_epoch, records_dir, tmp_path):
+  """A run that chose float32 under auto, asked for mixed_float16: both sides say so."""
+  model_dir = tfx.copy_tree(one_epoch, tmp_path / "run")
+  _edit_manifest(model_dir, precision={"requested": "auto", "policy": "float32",
+                                       "reason": "no bfloat16 here"})
+  with pytest.raises(DataError, match=r"holds a run of mlp on mnist \(auto: float32\); asked "
+                     r"for mlp on mnist \(mixed_float16\): "):
+    tfx.train_in_process(model_dir, records_dir, epochs=2, precision="mixed_float16")
+
+
+def test_a_checkpoint_of_another_run_is_not_exported(one_epoch, tmp_path):
+  model_dir = tfx.copy_tree(one_epoch, tmp_path / "run")
+  config = tfx.train_config(model_dir, "records", model="lenet5")
+  with pytest.raises(DataError, match=r"holds a run of mlp on mnist \(float32\); asked for "
+                     r"lenet5 on mnist \(float32\)"):
+    loop.export_checkpoint(config, "latest", str(tmp_path / "export"),
+                           [str(i) for i in range(10)])
+  assert not os.path.exists(tmp_path / "export")
 
 
 def test_disk_full_while_checkpointing_keeps_the_previous_checkpoint(one_epoch, records_dir,

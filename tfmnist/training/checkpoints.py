@@ -42,7 +42,7 @@ class Checkpoints:
     self._restore_from = self.latest if is_chief else tf.train.CheckpointManager(
         checkpoint, run_dir.checkpoints, max_to_keep=None)
 
-  def restore_latest(self, say=logging.info):
+  def restore_latest(self, say=logging.warning):
     """Restores the newest readable checkpoint; see `restore_latest`."""
     return restore_latest(self._restore_from, self.checkpoint, say)
 
@@ -53,13 +53,14 @@ class Checkpoints:
     return save_checkpoint(self.best, step)
 
 
-def restore_latest(manager, checkpoint, say=logging.info):
+def restore_latest(manager, checkpoint, say=logging.warning):
   """Restores the newest readable checkpoint, falling back past damaged ones.
 
   Args:
     manager: the CheckpointManager whose checkpoints are tried, newest first.
     checkpoint: the tf.train.Checkpoint to restore into.
-    say: where the warning about a damaged checkpoint goes (one line each).
+    say: where the warning about a damaged checkpoint goes (one line each,
+      with the reason).
 
   Returns:
     The path restored, or None for a fresh start (no checkpoint yet).
@@ -74,8 +75,7 @@ def restore_latest(manager, checkpoint, say=logging.info):
       return path
     except RESTORE_ERRORS as e:
       reason = str(e).splitlines()[0]
-      logging.warning("Checkpoint %s is damaged (%s); trying the previous one", path, reason)
-      say(f"warning: checkpoint {path} is damaged; falling back to the previous one")
+      say(f"warning: checkpoint {path} is damaged ({reason}); falling back to the previous one")
       damaged.append(f"{path} ({reason})")
   if damaged:
     # The failed restores may have set some variables already, and starting

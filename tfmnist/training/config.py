@@ -162,3 +162,50 @@ def resolve_precision(requested, recorded, machine):
 def export_dir_of(config):
   """Where the run's SavedModel goes."""
   return config.export_dir or run_dir.RunDir(config.model_dir).export
+
+
+def _describe(model, dataset, requested, policy, class_names=None):
+  """What a run trains, e.g. "lenet on mnist (auto: float32)", and its classes if given."""
+  precision = f"{requested}: {policy}" if requested == "auto" else policy
+  classes = f", classes {','.join(class_names)}" if class_names else ""
+  return f"{model} on {dataset} ({precision}{classes})"
+
+
+def check_same_run(config, precision, class_names):
+  """Raises DataError when config.model_dir already holds a run of something else.
+
+  Rerunning a command resumes the run in its folder, and the rerun may
+  change the run's length, schedule and the like; its model, dataset,
+  classes and precision stay those the folder's manifest.json and
+  config.json record (a run started with precision auto keeps its first
+  choice: resolve_precision). Another run's checkpoints would not restore,
+  so the folder is refused, naming what it holds, before the run restores
+  or writes anything in it.
+
+  Args:
+    config: the TrainConfig asked for.
+    precision: {"requested", "policy"} asked for, the policy resolved with
+      the folder's record (resolve_precision).
+    class_names: the classes of the records asked for.
+  """
+  folder = run_dir.RunDir(config.model_dir)
+  recorded, manifest = folder.read_config() or {}, folder.read_manifest()
+  if not recorded and not manifest:
+    return  # A new run, or a folder from before these files.
+  held_precision = manifest.get("precision") or {}
+  held = {"model": manifest.get("model", recorded.get("model")),
+          "dataset": manifest.get("dataset", recorded.get("dataset")),
+          "policy": held_precision.get("policy", recorded.get("precision")),
+          "class_names": manifest.get("class_names")}
+  asked = {"model": config.model, "dataset": config.dataset, "policy": precision["policy"],
+           "class_names": list(class_names)}
+  differ = [k for k, value in held.items() if value is not None and value != asked[k]]
+  if not differ:
+    return
+  named = "class_names" in differ
+  held_text = _describe(held["model"], held["dataset"], held_precision.get("requested"),
+                        held["policy"], held["class_names"] if named else None)
+  asked_text = _describe(config.model, config.dataset, precision["requested"],
+                         precision["policy"], asked["class_names"] if named else None)
+  raise DataError(f"{config.model_dir} holds a run of {held_text}; asked for {asked_text}: "
+                  "choose another model_dir, or delete the folder to start over")

@@ -61,7 +61,8 @@ def set_up(config):
   """Seeds, precision, strategy, records and the run's objects.
 
   Raises:
-    DataError: the records are missing or lack a split the config names.
+    DataError: the records are missing or lack a split the config names, or
+      model_dir holds another run (config.check_same_run).
     ValueError: a setting that cannot work (naming the field and value).
   """
   if config.deterministic:
@@ -75,8 +76,9 @@ def set_up(config):
                                                 hardware.detect(strategy))
   precision = {"requested": config.precision, "policy": policy, "reason": reason}
   config = dataclasses.replace(config, precision=policy)
-  keras.mixed_precision.set_global_policy(policy)
   info = records.read_info(config.records_dir, config.dataset)
+  config_lib.check_same_run(config, precision, info["class_names"])
+  keras.mixed_precision.set_global_policy(policy)
   config_lib.check(config, info, strategy.num_replicas_in_sync)
   train_files, shard_counts = [], []
   for split in config.train_splits:
@@ -355,11 +357,14 @@ def export_checkpoint(config, checkpoint, export_dir, class_names):
     The checkpoint path exported.
 
   Raises:
-    DataError: the run has no such checkpoint, or it is not one of this model.
+    DataError: the folder holds another run (config.check_same_run), has no
+      such checkpoint, or it is not one of this model.
   """
-  path = checkpoint_path(config.model_dir, checkpoint)
   recorded = run_dir.RunDir(config.model_dir).read_manifest().get("precision")
   policy, _ = config_lib.resolve_precision(config.precision, recorded, hardware.detect())
+  config_lib.check_same_run(config, {"requested": config.precision, "policy": policy},
+                            class_names)
+  path = checkpoint_path(config.model_dir, checkpoint)
   previous = keras.mixed_precision.global_policy()
   try:
     keras.mixed_precision.set_global_policy(policy)
