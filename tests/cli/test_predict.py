@@ -309,7 +309,7 @@ def test_calibrate_split_fits_a_temperature_into_the_export(setup):
   assert f"{manifest['temperature']:.4f}" == match.group(1)
   # The same images, rescaled by the export's temperature, never predicted otherwise.
   images = setup.digit_images
-  served = tf.saved_model.load(setup.calibrated_export).signatures["serving_default"](
+  served = tf.saved_model.load(setup.calibrated_export).signatures["serving_nhw"](
       images=tf.constant(images))["probabilities"].numpy()
   plain = setup.predictor.predict(images)
   np.testing.assert_allclose(served, metrics.apply_temperature(plain, manifest["temperature"]),
@@ -344,7 +344,7 @@ def test_two_model_dirs_make_an_ensemble(setup):
                       "members": [os.path.join(setup.run_dir, "export"),
                                   os.path.join(setup.member_dir, "export")]}
   loaded = tf.saved_model.load(setup.ensemble_export)
-  served = loaded.signatures["serving_default"](images=tf.constant(setup.digit_images))
+  served = loaded.signatures["serving_nhw"](images=tf.constant(setup.digit_images))
   np.testing.assert_allclose(served["probabilities"].numpy(),
                              setup.ensemble.predict(setup.digit_images), atol=1e-5)
   with open(os.path.join(setup.ensemble_export, "assets", export.CLASS_NAMES_FILE)) as f:

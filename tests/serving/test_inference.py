@@ -218,11 +218,12 @@ def test_ensemble_export_serves_the_average(trained, tmp_path):
   assert ensemble.export(destination) == destination
   assert sorted(os.listdir(tmp_path)) == ["ensemble"]  # No temporary folders left.
   loaded = tf.saved_model.load(destination)
-  serve = loaded.signatures["serving_default"]
-  member = trained.predictor.loaded.signatures["serving_default"]
-  assert serve.structured_input_signature == member.structured_input_signature
-  assert serve.structured_outputs == member.structured_outputs
-  outputs = serve(images=tf.constant(trained.images))
+  for name in ("serving_default", "serving_nhw"):
+    member = trained.predictor.loaded.signatures[name]
+    assert loaded.signatures[name].structured_input_signature == \
+        member.structured_input_signature
+    assert loaded.signatures[name].structured_outputs == member.structured_outputs
+  outputs = loaded.signatures["serving_default"](images=tf.constant(trained.images[..., None]))
   np.testing.assert_allclose(outputs["probabilities"].numpy(),
                              ensemble.predict(trained.images), atol=1e-5)
   np.testing.assert_array_equal(outputs["classes"].numpy(),
@@ -247,7 +248,7 @@ def test_calibrated_ensemble_rescales_and_exports_its_temperature(trained, tmp_p
   np.testing.assert_array_equal(calibrated.argmax(-1), plain.argmax(-1))
   destination = str(tmp_path / "calibrated")
   ensemble.export(destination)
-  served = tf.saved_model.load(destination).signatures["serving_default"](
+  served = tf.saved_model.load(destination).signatures["serving_nhw"](
       images=tf.constant(images))
   np.testing.assert_allclose(served["probabilities"].numpy(), calibrated, atol=1e-5)
   with open(os.path.join(destination, "manifest.json")) as f:

@@ -15,7 +15,8 @@ from tfmnist import models
 from tfmnist.data import pixels, records
 from tfmnist.training import export
 
-SHAPE_MESSAGE = "images must be uint8 [N, 28, 28] or [N, 28, 28, 1]"
+NHWC_MESSAGE = "images must be uint8 [N, 28, 28, 1] (serving_nhw takes [N, 28, 28])"
+NHW_MESSAGE = "images must be uint8 [N, 28, 28] (serving_default takes [N, 28, 28, 1])"
 SAVED_MODEL_CLI = os.path.join(os.path.dirname(tfx.PYTHON), "saved_model_cli")
 
 # Runs in a fresh interpreter that must never import tfmnist.
@@ -27,20 +28,32 @@ import tensorflow as tf
 export_dir, inputs_path, outputs_path = sys.argv[1:]
 loaded = tf.saved_model.load(export_dir)
 serve = loaded.signatures["serving_default"]
+serve_nhw = loaded.signatures["serving_nhw"]
 images = np.load(inputs_path)["images"]
-flat = serve(images=tf.constant(images))
 channel = serve(images=tf.constant(images[..., None]))
+flat = serve_nhw(images=tf.constant(images))
 np.savez(outputs_path, probabilities=flat["probabilities"].numpy(),
          classes=flat["classes"].numpy(), probabilities_4d=channel["probabilities"].numpy(),
          classes_4d=channel["classes"].numpy())
+specs = {name: {key: [spec.shape.as_list(), spec.dtype.name]
+                for key, spec in loaded.signatures[name].structured_input_signature[1].items()}
+         for name in ("serving_default", "serving_nhw")}
 errors = {}
-bad_inputs = {"shape": np.zeros((2, 32, 32), np.uint8),
-              "channels": np.zeros((2, 28, 28, 3), np.uint8),
-              "rank": np.zeros((28, 28), np.uint8),
-              "dtype": images.astype(np.float32) / 255.0}
-for name, bad in bad_inputs.items():
+floats = images[..., None].astype(np.float32) / 255.0
+bad_inputs = {"shape": (serve, np.zeros((2, 32, 32, 1), np.uint8)),
+              "channels": (serve, np.zeros((2, 28, 28, 3), np.uint8)),
+              "rank": (serve, np.zeros((28, 28), np.uint8)),
+              "no channel": (serve, np.zeros((2, 28, 28), np.uint8)),
+              "nhw shape": (serve_nhw, np.zeros((2, 32, 32), np.uint8)),
+              "nhw channel": (serve_nhw, np.zeros((2, 28, 28, 1), np.uint8)),
+              "dtype": (serve, floats),
+              "dtype served": (loaded.serve, floats)}
+for name, (function, bad) in bad_inputs.items():
   try:
-    serve(images=tf.constant(bad))
+    if function is loaded.serve:
+      function(tf.constant(bad))
+    else:
+      function(images=tf.constant(bad))
     errors[name] = None
   except Exception as e:  # Reported to the test, which judges the message.
     errors[name] = f"{type(e).__name__}: {e}"
@@ -49,7 +62,7 @@ with open(loaded.class_names_file.asset_path.numpy().decode()) as f:
 print(json.dumps({
     "tfmnist_modules": sorted(m for m in sys.modules if m.split(".")[0] == "tfmnist"),
     "output_dtypes": {k: v.dtype.name for k, v in flat.items()},
-    "errors": errors, "class_names": class_names}))
+    "input_specs": specs, "errors": errors, "class_names": class_names}))
 """
 
 
@@ -74,8 +87,7 @@ def trained(tmp_path_factory):
       [tfx.PYTHON, str(script), export_dir, str(root / "inputs.npz"), str(root / "out.npz")],
       capture_output=True, text=True, timeout=300, cwd=str(root), env=env))
   cli = jobs.submit("cli", lambda: subprocess.run(
-      [SAVED_MODEL_CLI, "show", "--dir", export_dir, "--tag_set", "serve",
-       "--signature_def", "serving_default"],
+      [SAVED_MODEL_CLI, "show", "--dir", export_dir, "--all"],
       capture_output=True, text=True, timeout=300, cwd=str(root), env=env))
   yield types.SimpleNamespace(records_dir=records_dir, root=root, fields=fields,
                               export_dir=export_dir, images=images, load=load, cli=cli)
@@ -119,17 +131,30 @@ def test_predictions_equal_the_trained_model(trained, loaded):
   assert (loaded["outputs"]["classes"] == labels).mean() > 0.5
 
 
-@pytest.mark.parametrize("name", ["shape", "channels", "rank"])
-def test_wrong_shape_raises_a_clear_error(loaded, name):
+def test_signatures_take_images_of_a_concrete_shape(loaded):
+  assert loaded["input_specs"] == {"serving_default": {"images": [[None, 28, 28, 1], "uint8"]},
+                                   "serving_nhw": {"images": [[None, 28, 28], "uint8"]}}
+
+
+@pytest.mark.parametrize("name, message", [
+    ("shape", NHWC_MESSAGE), ("channels", NHWC_MESSAGE), ("rank", NHWC_MESSAGE),
+    ("no channel", NHWC_MESSAGE), ("nhw shape", NHW_MESSAGE), ("nhw channel", NHW_MESSAGE)])
+def test_wrong_shape_raises_a_clear_error(loaded, name, message):
+  """TensorFlow does not check a loaded signature's shape; the export does."""
   error = loaded["errors"][name]
   assert error is not None, f"{name}: no error"
-  assert SHAPE_MESSAGE in error, error
+  assert message in error, error
 
 
-def test_float_input_raises_a_clear_error(loaded):
+def test_float_input_raises_an_error_that_asks_for_uint8(loaded):
+  # The signature's check is TensorFlow's: it names the dtype, not the input
+  # (its only one); the function `serve` names both.
   error = loaded["errors"]["dtype"]
   assert error is not None
-  assert "uint8" in error and "float" in error, error
+  assert "expected to be a uint8 tensor but is a float tensor" in error, error
+  error = loaded["errors"]["dtype served"]
+  assert error is not None
+  assert "dtype=tf.float32, name='images'" in error and "dtype=tf.uint8, name='images'" in error
 
 
 def test_class_names_asset(trained, loaded):
@@ -146,6 +171,10 @@ def test_saved_model_cli_shows_the_signature(trained):
   text = result.stdout
   assert "inputs['images'] tensor_info:" in text, text
   assert "dtype: DT_UINT8" in text
+  for name, shape in (("serving_default", "(-1, 28, 28, 1)"), ("serving_nhw", "(-1, 28, 28)")):
+    signature = text[text.index(f"signature_def['{name}']"):]
+    signature = signature[:signature.index("Method name is")]
+    assert f"shape: {shape}\n" in signature and "unknown_rank" not in signature, signature
   assert "outputs['probabilities'] tensor_info:" in text
   assert "outputs['classes'] tensor_info:" in text
   assert "dtype: DT_INT64" in text and "dtype: DT_FLOAT" in text
@@ -166,7 +195,7 @@ def test_export_of_several_models_averages_and_replaces_atomically(tmp_path):
   export.export(ensemble[0], ["a", "b", "c"], export_dir)
   export.export(ensemble, ["a", "b", "c"], export_dir)  # Replaces the first export.
   assert sorted(os.listdir(tmp_path)) == ["export"]  # No temporary folders left.
-  served = tf.saved_model.load(export_dir).signatures["serving_default"](images=images)
+  served = tf.saved_model.load(export_dir).signatures["serving_nhw"](images=images)
   expected = np.mean([tf.nn.softmax(m(x, training=False)).numpy() for m in ensemble], axis=0)
   np.testing.assert_allclose(served["probabilities"].numpy(), expected, atol=1e-6)
   with open(os.path.join(export_dir, "assets", export.CLASS_NAMES_FILE)) as f:

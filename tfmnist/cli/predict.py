@@ -9,7 +9,7 @@ Inputs:
                          made MNIST-like (grayscale, ink white on black, cropped,
                          20x20 in a 28x28 frame centred by mass).
 Several --model_dir values (or globs) average their probabilities;
---export_ensemble=DIR saves them as one SavedModel with the same signature.
+--export_ensemble=DIR saves them as one SavedModel with the same signatures.
 --calibrate_split=validation fits a temperature on a split the models did
 not learn from, so that their probabilities say how often they are right.
 """

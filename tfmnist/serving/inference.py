@@ -89,7 +89,7 @@ class Predictor:
 
 
 class ExportedModel(Predictor):
-  """One SavedModel with the tfmnist serving signature.
+  """One SavedModel with the tfmnist serving signatures (predicting through serving_default).
 
   Args:
     export_dir: the SavedModel folder.
@@ -263,7 +263,7 @@ class Ensemble(Predictor):
     self.calibrated_on = ""
 
   def export(self, destination):
-    """Writes the ensemble as one SavedModel with the single-model signature.
+    """Writes the ensemble as one SavedModel with the single-model signatures.
 
     With settings, its manifest.json names the dataset, records folder and
     training splits, so that evaluation needs no dataset name for it.

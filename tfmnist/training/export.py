@@ -1,8 +1,9 @@
 """The SavedModel that leaves tfmnist: uint8 images in, probabilities out.
 
-Signature `serving_default`:
-  images: uint8 [N, 28, 28] or [N, 28, 28, 1]
-  -> probabilities: float32 [N, classes], classes: int64 [N]
+Signatures, both with the same outputs
+(probabilities: float32 [N, classes], classes: int64 [N]):
+  serving_default: images uint8 [N, 28, 28, 1], the usual layout of image models
+  serving_nhw:     images uint8 [N, 28, 28], MNIST's own arrays without a channel axis
 Normalisation happens inside (pixels.normalize), and the class names travel
 as the asset `class_names.txt`, so the model loads and runs with plain
 TensorFlow in a program that never imports tfmnist.
@@ -34,7 +35,7 @@ def _probabilities(member, images):
 
 
 class ServingModule(tf.Module):
-  """Wraps a trained model, or several averaged, behind the serving signature.
+  """Wraps a trained model, or several averaged, behind the serving signatures.
 
   Members may be Keras models or loaded tfmnist SavedModels (an ensemble of
   exported runs).
@@ -48,20 +49,10 @@ class ServingModule(tf.Module):
     with open(class_names_path) as f:
       self.class_names = tf.constant([line.rstrip("\n") for line in f])
 
-  @tf.function(input_signature=[tf.TensorSpec(None, tf.uint8, name="images")])
+  @tf.function(input_signature=[tf.TensorSpec([None, 28, 28, 1], tf.uint8, name="images")])
   def serve(self, images):
-    """Probabilities and classes of uint8 images [N,28,28] or [N,28,28,1]."""
-    message = "images must be uint8 [N, 28, 28] or [N, 28, 28, 1]"
-    rank = tf.rank(images)
-    # The checks gate the ops after them: otherwise the graph may run
-    # ensure_shape first and fail with a message that names no expected shape.
-    with tf.control_dependencies([tf.debugging.assert_equal(
-        tf.logical_or(tf.equal(rank, 3), tf.equal(rank, 4)), True, message=message)]):
-      images = tf.cond(tf.equal(rank, 3), lambda: tf.expand_dims(images, -1),
-                       lambda: tf.identity(images))
-    with tf.control_dependencies([tf.debugging.assert_equal(
-        tf.shape(images)[1:], tf.constant([28, 28, 1]), message=message)]):
-      images = tf.ensure_shape(images, [None, 28, 28, 1])
+    """Probabilities and classes of uint8 images [N, 28, 28, 1] (`serving_default`)."""
+    images = _checked(images, (28, 28, 1), "serving_nhw takes [N, 28, 28]")
     probabilities = tf.add_n([_probabilities(m, images) for m in self.models]) / len(
         self.models)
     if self.temperature != 1.0:  # Temperature scaling, as metrics.apply_temperature.
@@ -69,6 +60,30 @@ class ServingModule(tf.Module):
           tf.math.log(tf.maximum(probabilities, 1e-30)) / self.temperature)
     return {"probabilities": probabilities,
             "classes": tf.argmax(probabilities, axis=-1)}
+
+  @tf.function(input_signature=[tf.TensorSpec([None, 28, 28], tf.uint8, name="images")])
+  def serve_nhw(self, images):
+    """`serve` of uint8 images [N, 28, 28], without the channel axis (`serving_nhw`)."""
+    images = _checked(images, (28, 28), "serving_default takes [N, 28, 28, 1]")
+    return self.serve(tf.expand_dims(images, -1))
+
+
+def _checked(images, shape, other):
+  """`images`, after an assertion that each one has `shape`, whatever the caller passed.
+
+  TensorFlow does not check a loaded signature's input shape (TF Serving
+  neither), so a wrong one would otherwise fail deep inside the model, or
+  not at all. The check is an Assert, which TFLite's converter drops. Both
+  shapes are padded with -1 (never a size) to one length, so that a wrong
+  rank fails the comparison instead of the op that compares.
+  """
+  message = f"images must be uint8 [N, {', '.join(map(str, shape))}] ({other})"
+  length = len(shape) + 1
+  actual = tf.concat([tf.shape(images)[1:], tf.fill([length], -1)], 0)[:length]
+  expected = tf.constant([*shape, -1])
+  ok = tf.reduce_all(tf.equal(actual, expected))
+  with tf.control_dependencies([tf.debugging.Assert(ok, [message])]):
+    return tf.identity(images)
 
 
 def export(models, class_names, export_dir, manifest=None, temperature=1.0):
@@ -92,7 +107,8 @@ def export(models, class_names, export_dir, manifest=None, temperature=1.0):
     with open(names_path, "w") as f:
       f.write("".join(f"{name}\n" for name in class_names))
     module = ServingModule(models, names_path, temperature)
-    tf.saved_model.save(module, tmp, signatures={"serving_default": module.serve})
+    tf.saved_model.save(module, tmp, signatures={"serving_default": module.serve,
+                                                  "serving_nhw": module.serve_nhw})
     shutil.rmtree(os.path.dirname(names_path))
     if manifest is not None:
       with open(os.path.join(tmp, "manifest.json"), "w") as f:
