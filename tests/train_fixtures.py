@@ -418,7 +418,8 @@ def _slow_down_loop(seconds):
 
 
 def main():
-  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+  from tfmnist.cli import startup  # pylint: disable=g-import-not-at-top
+  startup.load_tensorflow()  # As the command does, before the hooks load TensorFlow.
   register_tiny_bn()
   if os.environ.get(SECONDS_PER_LOOP_ENV):
     _slow_down_loop(float(os.environ[SECONDS_PER_LOOP_ENV]))

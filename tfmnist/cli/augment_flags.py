@@ -1,14 +1,16 @@
 """The augmentation flags, shared by the entry points that take them.
 
 Only entry points import this module (it defines absl flags); they call
-`augment_config()` once to turn the flags into an AugmentConfig.
+`augment_config()` once to turn the flags into an AugmentConfig. It does
+not import TensorFlow (see startup.py), so the defaults that are not "off"
+are written out here; tests/cli/test_startup.py checks them against
+AugmentConfig's.
 """
 
 from absl import flags
 
-from tfmnist.data import augment
-
-_DEFAULTS = augment.AugmentConfig()
+# AugmentConfig's defaults of the settings whose default is not 0 or False.
+DEFAULTS = {"elastic_sigma": 4.0, "erase_area": (0.02, 0.2), "blur_sigma": 1.0}
 
 _ROTATION = flags.DEFINE_float("rotation_degrees", 0.0, "Rotation drawn from [-r, r] degrees.")
 _ZOOM = flags.DEFINE_float("zoom", 0.0, "Scale drawn per axis from [1 - z, 1 + z] (fraction).")
@@ -18,17 +20,17 @@ _SHEAR = flags.DEFINE_float("shear_degrees", 0.0, "Shear drawn from [-s, s] degr
 _ELASTIC_ALPHA = flags.DEFINE_float(
     "elastic_alpha", 0.0, "Elastic distortion in pixels (Simard et al.: 34 with sigma 4); 0 off.")
 _ELASTIC_SIGMA = flags.DEFINE_float(
-    "elastic_sigma", _DEFAULTS.elastic_sigma, "Smoothing of the elastic field, in pixels.")
+    "elastic_sigma", DEFAULTS["elastic_sigma"], "Smoothing of the elastic field, in pixels.")
 _ERASE_PROBABILITY = flags.DEFINE_float(
     "erase_probability", 0.0, "Chance that an image gets one erased rectangle.")
 _ERASE_AREA = flags.DEFINE_list(
-    "erase_area", [str(a) for a in _DEFAULTS.erase_area],
+    "erase_area", [str(a) for a in DEFAULTS["erase_area"]],
     "min,max fraction of the image area erased.")
 _NOISE = flags.DEFINE_float("noise_factor", 0.0, "Std of Gaussian noise on [0, 1] images.")
 _BLUR = flags.DEFINE_float(
     "blur_strength", 0.0, "Blur (t > 0) or sharpen (t < 0) by t drawn from [-s, s].")
 _BLUR_SIGMA = flags.DEFINE_float(
-    "blur_sigma", _DEFAULTS.blur_sigma, "Sigma of the blur, in pixels.")
+    "blur_sigma", DEFAULTS["blur_sigma"], "Sigma of the blur, in pixels.")
 _FLIP_H = flags.DEFINE_bool("flip_horizontal", False, "Mirror left-right half the time.")
 _FLIP_V = flags.DEFINE_bool("flip_vertical", False, "Mirror top-bottom half the time.")
 _FORCE_FLIPS = flags.DEFINE_bool("force_flips", False, "Allow flips on digit datasets.")
@@ -36,6 +38,7 @@ _FORCE_FLIPS = flags.DEFINE_bool("force_flips", False, "Allow flips on digit dat
 
 def augment_config():
   """The AugmentConfig of the flags; ValueError on a malformed --erase_area."""
+  from tfmnist.data import augment  # pylint: disable=g-import-not-at-top
   try:
     erase_area = tuple(float(a) for a in _ERASE_AREA.value)
   except ValueError:

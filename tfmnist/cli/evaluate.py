@@ -10,14 +10,10 @@ an export folder itself (e.g. an exported ensemble), the report goes to
 import os
 import sys
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from absl import app, flags, logging
 
-from absl import app, flags, logging  # pylint: disable=g-import-not-at-top
-
-from tfmnist import run_dir  # pylint: disable=g-import-not-at-top
-from tfmnist.errors import DataError  # pylint: disable=g-import-not-at-top
-from tfmnist.evaluation import report  # pylint: disable=g-import-not-at-top
-from tfmnist.serving import inference  # pylint: disable=g-import-not-at-top
+from tfmnist.cli import startup
+from tfmnist.errors import DataError
 
 _MODEL_DIR = flags.DEFINE_string("model_dir", None, "The run folder (or an export folder).")
 _SPLIT = flags.DEFINE_string("split", "test", "Split to evaluate.")
@@ -49,6 +45,10 @@ def main(argv):
   model_dir = _MODEL_DIR.value
   if not os.path.isdir(model_dir):
     sys.exit(f"evaluate: error: {model_dir}: no such run folder")
+  startup.load_tensorflow()
+  from tfmnist import run_dir  # pylint: disable=g-import-not-at-top
+  from tfmnist.evaluation import report  # pylint: disable=g-import-not-at-top
+  from tfmnist.serving import inference  # pylint: disable=g-import-not-at-top
   output_dir = run_dir.report_home(model_dir).path
   settings = inference.run_settings(model_dir)
   dataset = _DATASET.value or settings.dataset

@@ -11,7 +11,11 @@ Examples:
 import os
 import sys
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from tfmnist.cli import startup
+
+# The flags below take their choices from data.prepare, which loads
+# TensorFlow, so it loads here, quietly (startup.py), before them.
+startup.load_tensorflow()
 
 from absl import app, flags, logging  # pylint: disable=g-import-not-at-top
 

@@ -19,18 +19,15 @@ import io
 import os
 import sys
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from absl import app, flags, logging
+import numpy as np
 
-from absl import app, flags, logging  # pylint: disable=g-import-not-at-top
-import numpy as np  # pylint: disable=g-import-not-at-top
+from tfmnist.cli import startup
+from tfmnist.errors import DataError
+from tfmnist.progress import Progress
 
-from tfmnist import files  # pylint: disable=g-import-not-at-top
-from tfmnist.data import photos, pipeline, records  # pylint: disable=g-import-not-at-top
-from tfmnist.data.sources import csv as csv_source  # pylint: disable=g-import-not-at-top
-from tfmnist.errors import DataError  # pylint: disable=g-import-not-at-top
-from tfmnist.evaluation import calibration  # pylint: disable=g-import-not-at-top
-from tfmnist.progress import Progress  # pylint: disable=g-import-not-at-top
-from tfmnist.serving import inference  # pylint: disable=g-import-not-at-top
+# The modules that need TensorFlow are imported where they are used, after
+# the flags are parsed (startup.py).
 
 _MODEL_DIRS = flags.DEFINE_multi_string(
     "model_dir", None, "Run folder(s) or glob(s); several make an ensemble.")
@@ -73,6 +70,8 @@ class Inputs:
 
 def read_inputs(path, num_classes, split):
   """The Inputs of a CSV file, a records dataset folder, an image folder or file."""
+  from tfmnist.data import photos, pipeline, records  # pylint: disable=g-import-not-at-top
+  from tfmnist.data.sources import csv as csv_source  # pylint: disable=g-import-not-at-top
   if not os.path.exists(path):
     raise DataError(f"{path}: no such file or folder")
   if os.path.isdir(path) and os.path.exists(os.path.join(path, records.INFO_FILE)):
@@ -117,6 +116,7 @@ def header(inputs):
 
 def write_csv(path, head, body):
   """Writes the CSV under a temporary name, then renames it into place."""
+  from tfmnist import files  # pylint: disable=g-import-not-at-top
   folder = os.path.dirname(os.path.abspath(path))
   if not os.path.isdir(folder):
     raise DataError(f"{path}: folder {folder} does not exist")
@@ -129,6 +129,7 @@ def write_csv(path, head, body):
 
 def calibrate(model, split, batch_size):
   """Fits the ensemble's temperature on `split` of its members' dataset; prints the gain."""
+  from tfmnist.evaluation import calibration  # pylint: disable=g-import-not-at-top
   try:
     count, before, after = calibration.calibrate(model, split, batch_size)
   except DataError as e:
@@ -144,6 +145,8 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)
   if not _INPUT.value and not _EXPORT_ENSEMBLE.value:
     raise app.UsageError("give --input (and --output), or --export_ensemble")
+  startup.load_tensorflow()
+  from tfmnist.serving import inference  # pylint: disable=g-import-not-at-top
   try:
     model_dirs = inference.expand_model_dirs(_MODEL_DIRS.value)
     model = inference.Ensemble([inference.load(d, _CHECKPOINT.value) for d in model_dirs],

@@ -5,19 +5,16 @@ when they are missing, and hands the config to training.loop.train_and_evaluate;
 rerunning the same command resumes the run.
 """
 
-import os
 import sys
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from absl import app, flags, logging
 
-from absl import app, flags, logging  # pylint: disable=g-import-not-at-top
+from tfmnist.cli import augment_flags, flagfiles, startup
+from tfmnist.errors import DataError, NonFiniteLoss, SaveError
+from tfmnist.training import choices
 
-from tfmnist import run_dir  # pylint: disable=g-import-not-at-top
-from tfmnist.cli import augment_flags, flagfiles  # pylint: disable=g-import-not-at-top
-from tfmnist.data import prepare  # pylint: disable=g-import-not-at-top
-from tfmnist.errors import DataError, NonFiniteLoss, SaveError  # pylint: disable=g-import-not-at-top
-from tfmnist.training import config as config_lib  # pylint: disable=g-import-not-at-top
-from tfmnist.training import loop, optim, schedules  # pylint: disable=g-import-not-at-top
+# The modules that need TensorFlow are imported where they are used, after
+# the flags are parsed (startup.py).
 
 # Run and data.
 _MODEL_DIR = flags.DEFINE_string("model_dir", None, "Run folder: checkpoints, logs, export.")
@@ -41,7 +38,7 @@ _GLOBAL_BATCH = flags.DEFINE_integer("global_batch_size", 128,
 _EVAL_BATCH = flags.DEFINE_integer("eval_batch_size", 1000,
                                    "Images per evaluation step over all replicas.", lower_bound=1)
 # Distribution and reproducibility.
-_STRATEGY = flags.DEFINE_enum("strategy", "default", config_lib.STRATEGIES,
+_STRATEGY = flags.DEFINE_enum("strategy", "default", choices.STRATEGIES,
                               "tf.distribute strategy; multi_worker reads TF_CONFIG.")
 _NUM_VIRTUAL = flags.DEFINE_integer(
     "num_virtual_devices", 0, "Split the CPU into this many logical devices (count; for "
@@ -51,13 +48,13 @@ _DETERMINISTIC = flags.DEFINE_bool("deterministic", False,
                                    "Deterministic ops: same flags, bit-identical weights.")
 _SEED = flags.DEFINE_integer("seed", 0, "The one seed: init, data order, augmentation, dropout.")
 _PRECISION = flags.DEFINE_enum(
-    "precision", "float32", config_lib.PRECISIONS,
+    "precision", "float32", choices.PRECISIONS,
     "Keras dtype policy; mixed_float16 adds loss scaling. auto: mixed_bfloat16 where the "
     "hardware computes bfloat16 natively (TPUs, GPUs from compute capability 8.0, CPUs with "
     "AVX-512 BF16 or AMX), mixed_float16 on older GPUs with tensor cores, else float32; a "
     "resumed run keeps its first choice.")
 # Optimizer.
-_OPTIMIZER = flags.DEFINE_enum("optimizer", "adam", optim.OPTIMIZERS, "Optimizer.")
+_OPTIMIZER = flags.DEFINE_enum("optimizer", "adam", choices.OPTIMIZERS, "Optimizer.")
 _LR = flags.DEFINE_float("learning_rate", 1e-3, "Peak learning rate (per step, unitless).")
 _MOMENTUM = flags.DEFINE_float("momentum", 0.0, "SGD / RMSprop momentum.")
 _NESTEROV = flags.DEFINE_bool("nesterov", False, "Nesterov momentum (SGD).")
@@ -70,7 +67,7 @@ _EMA_DECAY = flags.DEFINE_float("ema_decay", 0.0, "EMA decay of weights for eval
 _LABEL_SMOOTHING = flags.DEFINE_float("label_smoothing", 0.0, "Label smoothing (fraction).")
 _CLIP_NORM = flags.DEFINE_float("clip_norm", 0.0, "Clip gradients to this global norm; 0 off.")
 # Learning-rate schedule.
-_SCHEDULE = flags.DEFINE_enum("schedule", "constant", schedules.SCHEDULES, "LR schedule.")
+_SCHEDULE = flags.DEFINE_enum("schedule", "constant", choices.SCHEDULES, "LR schedule.")
 _WARMUP = flags.DEFINE_float("warmup_epochs", 0.0, "Linear warmup length in epochs.")
 _DECAY_EPOCHS = flags.DEFINE_float("decay_epochs", 1.0, "Step/exponential decay period (epochs).")
 _DECAY_RATE = flags.DEFINE_float("decay_rate", 0.1, "Step/exponential factor per period.")
@@ -116,6 +113,8 @@ def flags_text():
 
 def config_from_flags():
   """The one place that reads FLAGS (but --source_dir, which is not the run's)."""
+  from tfmnist.training import config as config_lib  # pylint: disable=g-import-not-at-top
+  from tfmnist.training import optim, schedules  # pylint: disable=g-import-not-at-top
   return config_lib.TrainConfig(
       model_dir=_MODEL_DIR.value, dataset=_DATASET.value, records_dir=_RECORDS_DIR.value,
       model=_MODEL.value, epochs=_EPOCHS.value,
@@ -146,12 +145,16 @@ def config_from_flags():
 
 def _ensure_records(config):
   """The run's records: prepared from --source_dir (or downloaded) when missing."""
+  from tfmnist.data import prepare  # pylint: disable=g-import-not-at-top
   return prepare.ensure_records(config.records_dir, config.dataset, _SOURCE_DIR.value,
                                 show_progress=config.progress, say=print)
 
 
 def export_checkpoint(config, checkpoint):
   """--export_checkpoint: one checkpoint of the run as a SavedModel; returns its path."""
+  from tfmnist import run_dir  # pylint: disable=g-import-not-at-top
+  from tfmnist.training import config as config_lib  # pylint: disable=g-import-not-at-top
+  from tfmnist.training import loop  # pylint: disable=g-import-not-at-top
   class_names = run_dir.RunDir(config.model_dir).read_manifest().get("class_names")
   if not class_names:  # A run folder from before the manifest named its classes.
     class_names = _ensure_records(config)["class_names"]
@@ -166,6 +169,9 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)
   for warning in flagfiles.overridden(sys.argv, flags.FLAGS):
     print(f"train: warning: {warning}", file=sys.stderr)
+  startup.load_tensorflow()
+  from tfmnist.training import config as config_lib  # pylint: disable=g-import-not-at-top
+  from tfmnist.training import loop  # pylint: disable=g-import-not-at-top
   try:
     config = config_from_flags()
     if _EXPORT_CHECKPOINT.value:

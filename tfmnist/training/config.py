@@ -12,9 +12,7 @@ from tfmnist import hardware, run_dir
 from tfmnist.data import augment as augment_lib
 from tfmnist.errors import DataError
 from tfmnist.training import optim, schedules
-
-STRATEGIES = ("default", "one_device", "mirrored", "multi_worker", "tpu")
-PRECISIONS = ("auto", "float32", "mixed_bfloat16", "mixed_float16")
+from tfmnist.training.choices import PRECISIONS
 
 
 @dataclasses.dataclass

@@ -5,7 +5,7 @@ import dataclasses
 import keras
 import tensorflow as tf
 
-OPTIMIZERS = ("adam", "adamw", "rmsprop", "sgd")
+from tfmnist.training.choices import OPTIMIZERS
 
 
 @dataclasses.dataclass(frozen=True)

@@ -14,7 +14,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-SCHEDULES = ("constant", "step", "exponential", "cosine", "onecycle")
+from tfmnist.training.choices import SCHEDULES
 
 
 @dataclasses.dataclass(frozen=True)

@@ -2,11 +2,11 @@
 
 import tensorflow as tf
 
-from tfmnist.training.config import STRATEGIES
+from tfmnist.training.choices import STRATEGIES
 
 
 def create_strategy(name, num_virtual_devices=0, tpu=""):
-  """The tf.distribute strategy named `name` (one of config.STRATEGIES).
+  """The tf.distribute strategy named `name` (one of choices.STRATEGIES).
 
   Args:
     name: "default", "one_device", "mirrored", "multi_worker" or "tpu".
