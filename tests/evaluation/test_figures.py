@@ -6,7 +6,7 @@ import pytest
 from PIL import Image
 
 from tfmnist import metrics
-from tfmnist.evaluation import figures
+from tfmnist.evaluation import figures, robustness
 
 
 def _images(rows, value_seed):
@@ -193,6 +193,16 @@ def test_robustness_figure_writes_a_png(tmp_path):
   path = str(tmp_path / "sub" / "robustness.png")
   assert figures.robustness_figure(results, path, dpi=50) == path
   _assert_png(path, 2 * 3.5, 3, 50)
+
+
+def test_robustness_figure_keeps_every_label_inside(tmp_path):
+  """The sweeps' own units, the shift's wider than its panel, leave the PNG's edges blank."""
+  results = {name: {"levels": [0, 1, 2], "accuracy": [0.99, 0.9, 0.6], "unit": unit}
+             for name, unit in robustness.UNITS.items()}
+  path = figures.robustness_figure(results, str(tmp_path / "robustness.png"))
+  pixels = _pixels(path)
+  for edge in (pixels[:3], pixels[-3:], pixels[:, :3], pixels[:, -3:]):
+    assert edge.min() == 255  # Nothing drawn runs off the figure.
 
 
 def test_robustness_figure_rejects_bad_results(tmp_path):

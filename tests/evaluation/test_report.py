@@ -117,6 +117,11 @@ def test_write_report_metrics_match_the_predictions(trained, written):
   with open(os.path.join(folder, "report.md")) as f:
     markdown = f.read()
   assert f"{wrong} of {tfx.NUM_TEST}" in markdown
+  noise = saved["robustness"]["gaussian noise"]
+  assert (f"| gaussian noise (std, pixels in [0, 1]) | 0.1 | {noise['accuracy'][1]:.4%} |"
+          in markdown.splitlines())
+  assert "| shift (pixels, a quarter of the images each left, right, up, down) | 1 |" in markdown
+  assert "))" not in markdown
 
 
 def test_write_report_of_an_unlabelled_split(trained, tmp_path, write_csv):

@@ -6,6 +6,7 @@ can run beside training or evaluation.
 """
 
 import os
+import textwrap
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -355,7 +356,9 @@ def robustness_figure(results, path, dpi=100):
   for ax, (name, result) in zip(axes, results.items()):
     ax.plot(result["levels"], result["accuracy"], "o-", markersize=4)
     ax.set_title(name, fontsize=10)
-    ax.set_xlabel(result.get("unit", "") or "level")
+    # A unit wider than its 3.5-inch panel would run off the figure: wrapped
+    # to about 40 characters of 10-point text, tight_layout makes room.
+    ax.set_xlabel(textwrap.fill(result.get("unit", "") or "level", 40))
     ax.set_ylabel("accuracy")
     ax.set_ylim(0, 1.02)
     ax.grid(alpha=0.3)

@@ -13,6 +13,10 @@ from tfmnist.data import augment, pixels, splits
 NOISE_FACTORS = tuple(round(0.1 * i, 1) for i in range(11))
 ROTATION_DEGREES = (-20, -15, -10, -5, 0, 5, 10, 15, 20)
 SHIFT_PIXELS = (0, 1, 2, 3, 4)
+# What a sweep's levels measure: the report shows "<sweep> (<unit>)", the
+# figure the unit under its x-axis.
+UNITS = {"gaussian noise": "std, pixels in [0, 1]", "rotation": "degrees",
+         "shift": "pixels, a quarter of the images each left, right, up, down"}
 # Passes of the sweeps over their images: every level but the unperturbed
 # one, which reuses the plain predictions.
 SWEEP_PASSES = sum(1 for levels in (NOISE_FACTORS, ROTATION_DEGREES, SHIFT_PIXELS)
@@ -87,14 +91,13 @@ def robustness(predict, images, labels, seed=0, clean_probabilities=None):
 
   clean = accuracy(images, clean_probabilities)
   return {
-      "gaussian noise": {"unit": "noise std (pixels in [0, 1])", "levels": list(NOISE_FACTORS),
+      "gaussian noise": {"unit": UNITS["gaussian noise"], "levels": list(NOISE_FACTORS),
                          "accuracy": [clean if f == 0 else accuracy(add_noise(images, f, seed))
                                       for f in NOISE_FACTORS]},
-      "rotation": {"unit": "degrees", "levels": list(ROTATION_DEGREES),
+      "rotation": {"unit": UNITS["rotation"], "levels": list(ROTATION_DEGREES),
                    "accuracy": [clean if d == 0 else accuracy(rotate(images, d))
                                 for d in ROTATION_DEGREES]},
-      "shift": {"unit": "pixels (a quarter of the images each left, right, up, down)",
-                "levels": list(SHIFT_PIXELS),
+      "shift": {"unit": UNITS["shift"], "levels": list(SHIFT_PIXELS),
                 "accuracy": [clean if p == 0 else accuracy(shift_each(images, p))
                              for p in SHIFT_PIXELS]},
   }
