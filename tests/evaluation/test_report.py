@@ -85,14 +85,19 @@ def test_write_report_writes_every_file(trained, written):
   assert any(n.startswith("events.out.tfevents") for n in os.listdir(log_dir))
 
 
-def test_write_report_progress_counts_the_split_and_every_sweep_pass(trained, tmp_path,
-                                                                   capsys):
+def test_write_report_progress_counts_the_split_then_the_sweeps(trained, tmp_path, capsys):
+  """One bar over the split's images, one over the 22 sweep levels: 10 noise levels, 8
+  rotations, 4 shifts."""
   report.write_report(_config(trained, output_dir=str(tmp_path), robustness_images=40,
                               progress=True), trained.predictor)
-  total = tfx.NUM_TEST + 22 * 40  # 10 noise levels, 8 rotations, 4 shifts.
   lines = capsys.readouterr().err.splitlines()
-  assert lines[-1].startswith(f"evaluating mnist test: [{'#' * 24}] {total}/{total} ")
-  assert len(lines) > 1  # Not a tty: a line at every tenth of the way.
+  split = [line for line in lines if line.startswith("evaluating mnist test: ")]
+  sweeps = [line for line in lines if line.startswith("robustness sweeps on 40 images: ")]
+  assert split + sweeps == lines
+  full = "#" * 24
+  assert split[-1].startswith(f"evaluating mnist test: [{full}] {tfx.NUM_TEST}/{tfx.NUM_TEST} ")
+  assert sweeps[-1].startswith(f"robustness sweeps on 40 images: [{full}] 22/22 ")
+  assert len(sweeps) > 1  # Not a tty: a line at every tenth of the way.
 
 
 def test_write_report_metrics_match_the_predictions(trained, written):

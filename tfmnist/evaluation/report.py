@@ -43,7 +43,8 @@ class ReportConfig:
     tta: test-time augmentation: one-pixel shifts, and mirror images too when
       the dataset's info.json says its classes are not digits.
     trained_on_split: the model learned from these images; the report says so.
-    progress: show a progress bar over the images predicted, sweeps included.
+    progress: show a progress bar over the split's images, then one over the
+      sweep levels.
   """
   model_dir: str
   output_dir: str = ""
@@ -145,21 +146,27 @@ def write_report(config, predictor):
   class_names = info["class_names"]
 
   mirror = not info["digits"]
-  chosen = (robustness.sweep_subset(labels, config.robustness_images, config.seed)
-            if config.robustness else np.arange(0))
-  bar = Progress(len(images) + robustness.SWEEP_PASSES * len(chosen), "images",
-                 desc=f"evaluating {config.dataset} {config.split}", enabled=config.progress)
-
-  def predict(batch):
-    return predictor.predict_with_progress(batch, config.batch_size, config.tta, mirror, bar)
-
-  probabilities = predict(images)
+  bar = Progress(len(images), "images", desc=f"evaluating {config.dataset} {config.split}",
+                 enabled=config.progress)
+  probabilities = predictor.predict_with_progress(images, config.batch_size, config.tta,
+                                                  mirror, bar)
   result = metrics.classification_metrics(labels, probabilities, class_names)
   robust, robust_images = None, 0
   if config.robustness:
+    chosen = robustness.sweep_subset(labels, config.robustness_images, config.seed)
+    robust_images = int(len(chosen))
+    # A bar of its own: the split's bar counts the split's images.
+    sweeps = Progress(robustness.SWEEP_PASSES, "levels",
+                      desc=f"robustness sweeps on {robust_images} images",
+                      enabled=config.progress)
+
+    def predict(batch):
+      probabilities = predictor.predict(batch, config.batch_size, config.tta, mirror)
+      sweeps.update()
+      return probabilities
+
     robust = robustness.robustness(predict, images[chosen], labels[chosen], config.seed,
                                    clean_probabilities=probabilities[chosen])
-    robust_images = int(len(chosen))
 
   run = run_dir.RunDir(config.model_dir)
   home = run_dir.RunDir(config.output_dir) if config.output_dir else run
