@@ -214,11 +214,24 @@ def test_rows_of_each_kind():
   record_inputs = predict.Inputs(None, ["index", "label"], [(4, 1), (9, 2)], None, "records")
   assert predict.rows(record_inputs, probabilities, ["a", "b", "c"]) == [
       (4, 1, 1, "0.700000"), (9, 2, 0, "0.600000")]
-  image_inputs = predict.Inputs(None, ["file", "label", "class_name", "probability"], keys,
+  image_inputs = predict.Inputs(None, ["file", "class", "name", "probability"], keys,
                                 None, "images")
   assert predict.rows(image_inputs, probabilities, ["a", "b", "c"]) == [
       ("x", 1, "b", "0.700000"), ("y", 0, "a", "0.600000")]
-  assert predict.header(image_inputs) == ["file", "label", "class_name", "probability"]
+  assert predict.header(image_inputs) == ["file", "class", "name", "probability"]
+
+
+def test_an_image_folder_has_the_readmes_columns(setup):
+  inputs = predict.read_inputs(os.path.dirname(setup.photo_paths[0]), 10, "test")
+  assert predict.header(inputs) == ["file", "class", "name", "probability"]
+  readme = (tfx.REPO_ROOT / "README.md").read_text()
+  assert "`file,class,name,probability`" in readme
+
+
+def test_csv_text_quotes_what_needs_it():
+  assert predict.csv_text(["file", "class", "name", "probability"],
+                          [("a,b.png", 1, "one", "0.500000")]) == (
+      'file,class,name,probability\n"a,b.png",1,one,0.500000\n')
 
 
 def test_write_csv(tmp_path):
@@ -269,7 +282,8 @@ def test_records_split_is_printed(setup):
   examples = pipeline.read_examples(records.split_files(setup.records_dir, "mnist", "test"))
   probabilities = setup.predictor.predict(examples.image.numpy())
   labels = examples.label.numpy()
-  rows = [line.split(",") for line in result.stdout.strip().splitlines()]
+  head, *rows = [line.split(",") for line in result.stdout.strip().splitlines()]
+  assert head == ["index", "label", "prediction", "probability"]
   assert len(rows) == tfx.NUM_TEST
   assert [int(r[0]) for r in rows] == examples.index.numpy().tolist()
   assert [int(r[1]) for r in rows] == labels.tolist()
@@ -282,9 +296,11 @@ def test_records_split_is_printed(setup):
 
 @pytest.mark.slow
 def test_image_folder_is_printed(setup):
-  """An image folder: one line per image file (others skipped): file, label, name, probability."""
+  """An image folder: the CSV header, then one line per image file (others skipped)."""
   result = tfx.check(_result(setup, "ensemble"))
-  lines = [line for line in result.stdout.strip().splitlines() if not line.startswith("ensemble")]
+  head, *lines = [line for line in result.stdout.strip().splitlines()
+                  if not line.startswith("ensemble")]
+  assert head == "file,class,name,probability"
   assert len(lines) == len(setup.photo_paths), result.stdout
   pixels, _ = photos.load_images(setup.photo_paths)
   probabilities = setup.ensemble.predict(pixels)
@@ -331,7 +347,7 @@ def test_two_model_dirs_make_an_ensemble(setup):
   assert f"ensemble of 2 models exported to {setup.ensemble_export}" in result.stdout
   pixels, _ = photos.load_images(setup.photo_paths)
   probabilities = setup.ensemble.predict(pixels)
-  printed = [float(line.split(",")[-1]) for line in result.stdout.strip().splitlines()[1:]]
+  printed = [float(line.split(",")[-1]) for line in result.stdout.strip().splitlines()[2:]]
   np.testing.assert_allclose(printed, probabilities.max(-1), atol=2e-6)
   # Neither model alone gives these probabilities.
   for member in (setup.predictor, setup.member):

@@ -91,7 +91,7 @@ def read_inputs(path, num_classes, split):
                   raw.labels, "csv")
   paths = photos.list_images(path) if os.path.isdir(path) else [path]
   pixels, paths = photos.load_images(paths)
-  return Inputs(pixels, ["file", "label", "class_name", "probability"],
+  return Inputs(pixels, ["file", "class", "name", "probability"],
                 [(p,) for p in paths], None, "images")
 
 
@@ -114,17 +114,22 @@ def header(inputs):
   return inputs.header
 
 
+def csv_text(head, body):
+  """The CSV of a header row and rows: what --output gets, and the console without it."""
+  buffer = io.StringIO()
+  writer = csv.writer(buffer, lineterminator="\n")
+  writer.writerow(head)
+  writer.writerows(body)
+  return buffer.getvalue()
+
+
 def write_csv(path, head, body):
   """Writes the CSV under a temporary name, then renames it into place."""
   from tfmnist import files  # pylint: disable=g-import-not-at-top
   folder = os.path.dirname(os.path.abspath(path))
   if not os.path.isdir(folder):
     raise DataError(f"{path}: folder {folder} does not exist")
-  buffer = io.StringIO()
-  writer = csv.writer(buffer, lineterminator="\n")
-  writer.writerow(head)
-  writer.writerows(body)
-  files.write_text_atomically(path, buffer.getvalue())
+  files.write_text_atomically(path, csv_text(head, body))
 
 
 def calibrate(model, split, batch_size):
@@ -168,8 +173,7 @@ def main(argv):
     if _OUTPUT.value:
       write_csv(_OUTPUT.value, header(inputs), body)
     else:
-      for row in body:
-        print(",".join(str(c) for c in row))
+      print(csv_text(header(inputs), body), end="")
   except (DataError, ValueError) as e:
     sys.exit(f"predict: error: {e}")
   summary = f"{len(body)} predictions from {len(model.members)} model(s)"
