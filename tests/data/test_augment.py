@@ -305,3 +305,17 @@ def test_training_inputs_leave_labels_untouched():
   assert labels.dtype == tf.int32
   assert images.dtype == tf.float32 and images.shape == (8, 28, 28, 1)
   assert not np.allclose(images.numpy(), batch["image"].numpy() / 255.0)
+
+
+def test_noise_probability_keeps_the_other_images_clean_and_the_noise_unchanged():
+  images = tf.fill([64, 28, 28, 1], 0.5)
+  always = augment.augment(images, augment.AugmentConfig(noise_factor=0.3), seed=3, step=7)
+  half = augment.augment(images, augment.AugmentConfig(noise_factor=0.3, noise_probability=0.5),
+                         seed=3, step=7)
+
+  clean = np.all(half.numpy() == 0.5, axis=(1, 2, 3))
+  assert 16 <= clean.sum() <= 48  # About half of 64, never all or none.
+  # The images that got noise got exactly the noise of probability 1.
+  np.testing.assert_array_equal(half.numpy()[~clean], always.numpy()[~clean])
+  with pytest.raises(ValueError, match="noise_probability must be in"):
+    augment.validate(augment.AugmentConfig(noise_probability=1.5), digits=True)

@@ -27,6 +27,8 @@ _ERASE_AREA = flags.DEFINE_list(
     "erase_area", [str(a) for a in DEFAULTS["erase_area"]],
     "min,max fraction of the image area erased.")
 _NOISE = flags.DEFINE_float("noise_factor", 0.0, "Std of Gaussian noise on [0, 1] images.")
+_NOISE_PROBABILITY = flags.DEFINE_float(
+    "noise_probability", 1.0, "Chance that an image gets the Gaussian noise.")
 _BLUR = flags.DEFINE_float(
     "blur_strength", 0.0, "Blur (t > 0) or sharpen (t < 0) by t drawn from [-s, s].")
 _BLUR_SIGMA = flags.DEFINE_float(
@@ -49,6 +51,7 @@ def augment_config():
       rotation_degrees=_ROTATION.value, zoom=_ZOOM.value, shift_x=_SHIFT_X.value,
       shift_y=_SHIFT_Y.value, shear_degrees=_SHEAR.value, elastic_alpha=_ELASTIC_ALPHA.value,
       elastic_sigma=_ELASTIC_SIGMA.value, erase_probability=_ERASE_PROBABILITY.value,
-      erase_area=erase_area, noise_factor=_NOISE.value, blur_strength=_BLUR.value,
+      erase_area=erase_area, noise_factor=_NOISE.value,
+      noise_probability=_NOISE_PROBABILITY.value, blur_strength=_BLUR.value,
       blur_sigma=_BLUR_SIGMA.value, flip_horizontal=_FLIP_H.value,
       flip_vertical=_FLIP_V.value, force_flips=_FORCE_FLIPS.value)

@@ -47,6 +47,8 @@ class AugmentConfig:
     erase_area: (min, max) fraction of the image area erased.
     noise_factor: std of additive Gaussian noise on [0, 1] images; the result
       is clipped to [0, 1].
+    noise_probability: chance that an image gets that noise (1: every image;
+      less keeps some images clean, for a model that must read both).
     blur_strength: each image is blurred (t > 0) or sharpened (t < 0) by t
       drawn from [-s, s]: out = x + t * (gaussian_blur(x) - x).
     blur_sigma: sigma of that Gaussian, in pixels.
@@ -65,6 +67,7 @@ class AugmentConfig:
   erase_probability: float = 0.0
   erase_area: tuple = (0.02, 0.2)
   noise_factor: float = 0.0
+  noise_probability: float = 1.0
   blur_strength: float = 0.0
   blur_sigma: float = 1.0
   flip_horizontal: bool = False
@@ -96,8 +99,9 @@ def validate(config, digits):
                      "2); pass force_flips to use them anyway")
   if not 0 <= config.zoom < 1:
     raise ValueError(f"zoom must be in [0, 1), got {config.zoom}")
-  if not 0 <= config.erase_probability <= 1:
-    raise ValueError(f"erase_probability must be in [0, 1], got {config.erase_probability}")
+  for name in ("erase_probability", "noise_probability"):
+    if not 0 <= getattr(config, name) <= 1:
+      raise ValueError(f"{name} must be in [0, 1], got {getattr(config, name)}")
   low, high = config.erase_area
   if not 0 < low <= high <= 1:
     raise ValueError(f"erase_area must satisfy 0 < min <= max <= 1, got {config.erase_area}")
@@ -341,8 +345,16 @@ def augment(images, config, seed, step, replica_offset=0, global_batch_size=None
     images = images + t * (gaussian_blur(images, config.blur_sigma) - images)
 
   if config.noise_factor:
-    images = gaussian_noise(images, config.noise_factor, seeds[_NOISE], replica_offset,
-                            global_batch_size)
+    noisy = gaussian_noise(images, config.noise_factor, seeds[_NOISE], replica_offset,
+                           global_batch_size)
+    if config.noise_probability < 1:
+      # A seed of its own, derived from the noise's: the noise itself stays
+      # what it was before the probability existed.
+      coin_seed = tf.random.experimental.stateless_fold_in(seeds[_NOISE], 1)
+      coins = _uniform(coin_seed, [global_batch_size], 0.0, 1.0)
+      coins = coins[replica_offset:replica_offset + batch] < config.noise_probability
+      noisy = tf.where(coins[:, None, None, None], noisy, images)
+    images = noisy
 
   if config.flip_horizontal or config.flip_vertical:
     coins = draw(_FLIP, [2]) < 0.5
