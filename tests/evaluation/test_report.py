@@ -12,7 +12,7 @@ import pytest
 
 import train_fixtures as tfx
 from tfmnist.data import pipeline, prepare, records
-from tfmnist.evaluation import report
+from tfmnist.evaluation import report, robustness
 from tfmnist.serving import inference
 from tfmnist.errors import DataError
 
@@ -236,3 +236,45 @@ def test_write_report_to_another_output_dir(trained, tmp_path):
   assert "report.md" in os.listdir(folder)
   assert os.listdir(out / "logs" / "eval_test")
   assert sorted(os.listdir(trained.run_dir)) == before
+
+
+def test_write_report_scores_the_whole_split_at_the_training_noise(trained, tmp_path):
+  """A run trained on noisy images is scored on the whole split with that noise, too."""
+  seen = []
+
+  def dark_means_noisy(images):
+    seen.append(images.copy())
+    # Class 1 for images whose mean moved (noise was added), else class 0.
+    moved = np.abs(images.reshape(len(images), -1).mean(1) -
+                   trained.images.reshape(len(images), -1).mean(1)) > 0.5
+    return np.eye(10, dtype=np.float32)[moved.astype(int)]
+
+  predictor = _Fixed([str(i) for i in range(10)], "fixed", dark_means_noisy)
+  folder, result = report.write_report(
+      _config(trained, output_dir=str(tmp_path), robustness=False, noise_factor=0.5, seed=3),
+      predictor)
+
+  noisy = result["training_noise"]
+  expected = robustness.add_noise(trained.images, 0.5, 3)
+  np.testing.assert_array_equal(seen[1], expected)  # Every image of the split, noisy.
+  assert noisy["count"] == len(trained.labels)
+  assert noisy["accuracy"] == pytest.approx(np.mean(trained.labels == 1))
+  with open(os.path.join(folder, "report.md")) as f:
+    assert (f"| accuracy with the training noise (std 0.5, every image) | "
+            f"{noisy['accuracy']:.4%} ({noisy['error_count']} errors) |") in f.read()
+
+
+def test_run_settings_carry_the_training_noise(trained, tmp_path):
+  run = tfx.copy_tree(trained.run_dir, tmp_path / "noisy_run")
+  path = os.path.join(run, "config.json")
+  with open(path) as f:
+    config = json.load(f)
+  config["augment"]["noise_factor"] = 0.5
+  with open(path, "w") as f:
+    json.dump(config, f)
+
+  assert inference.run_settings(run).training_noise == 0.5
+  assert inference.run_settings(trained.run_dir).training_noise == 0.0
+  assert inference.ensemble_settings([run, trained.run_dir]).training_noise == 0.0
+  assert inference.ensemble_settings([run, run]).training_noise == 0.5
+

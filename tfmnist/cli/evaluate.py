@@ -33,6 +33,10 @@ _TTA = flags.DEFINE_bool("tta", False, "Average over one-pixel shifts, and mirro
                          "the dataset is not digits (test-time augmentation).")
 _BATCH = flags.DEFINE_integer("batch_size", 1000, "Images per model call.", lower_bound=1)
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of the noise sweep.")
+_NOISE = flags.DEFINE_float(
+    "noise_factor", None, "Also score the whole split with Gaussian noise of this std (pixels "
+    "in [0, 1]) added; default: the noise the run trained with (--noise_factor), none if none; "
+    "0: clean only.", lower_bound=0.0)
 _PROGRESS = flags.DEFINE_bool("progress", True, "Show a progress bar over the images "
                               "predicted (the split, then the robustness sweeps).")
 
@@ -66,13 +70,16 @@ def main(argv):
         split=_SPLIT.value,
         top_mistakes=_TOP_MISTAKES.value, robustness=_ROBUSTNESS.value,
         robustness_images=_ROBUSTNESS_IMAGES.value, seed=_SEED.value,
+        noise_factor=settings.training_noise if _NOISE.value is None else _NOISE.value,
         batch_size=_BATCH.value, tta=_TTA.value, trained_on_split=trained_on_split,
         progress=_PROGRESS.value), predictor)
   except (DataError, ValueError) as e:
     sys.exit(f"evaluate: error: {e}")
+  noisy = result.get("training_noise")
+  noisy = (f", with noise {noisy['noise_std']:g} {noisy['accuracy']:.4%}" if noisy else "")
   print(f"{dataset} {_SPLIT.value}: accuracy {result['accuracy']:.4%} "
-        f"({result['error_count']} errors in {result['count']}), loss {result['loss']:.4f}, "
-        f"ECE {result['expected_calibration_error']:.4f}; report in "
+        f"({result['error_count']} errors in {result['count']}){noisy}, loss "
+        f"{result['loss']:.4f}, ECE {result['expected_calibration_error']:.4f}; report in "
         f"{os.path.join(folder, 'report.md')} ({result['seconds']:.1f} s)")
 
 

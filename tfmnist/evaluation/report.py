@@ -39,6 +39,9 @@ class ReportConfig:
       seeded, class-stratified choice; 0 or more than the split: all). Each
       sweep point is one pass over them, 22 passes in all.
     seed: seed of the Gaussian noise.
+    noise_factor: the model trained on images with Gaussian noise of this std
+      (pixels in [0, 1]): the whole split is scored again with that noise
+      added and clipped, as well as clean; 0: clean only.
     batch_size: images per call of the model.
     tta: test-time augmentation: one-pixel shifts, and mirror images too when
       the dataset's info.json says its classes are not digits.
@@ -55,6 +58,7 @@ class ReportConfig:
   robustness: bool = True
   robustness_images: int = 2000
   seed: int = 0
+  noise_factor: float = 0.0
   batch_size: int = 1000
   tta: bool = False
   trained_on_split: bool = False
@@ -89,7 +93,8 @@ def _tensorboard(home, split, result, confusion_png, step):
   writer.close()
 
 
-def _markdown(config, source, result, robust, robust_images, figure_names, seconds, mirror):
+def _markdown(config, source, result, robust, robust_images, figure_names, seconds, mirror,
+              noisy=None):
   tta = ""
   if config.tta:
     tta = (" with test-time augmentation (one-pixel shifts"
@@ -105,7 +110,10 @@ def _markdown(config, source, result, robust, robust_images, figure_names, secon
            f"| errors | {result['error_count']} of {result['count']} |",
            f"| loss (cross-entropy) | {result['loss']:.4f} |",
            f"| expected calibration error | {result['expected_calibration_error']:.4f} |",
-           f"| macro F1 | {result['macro_f1']:.4f} |", "",
+           f"| macro F1 | {result['macro_f1']:.4f} |",
+           *([f"| accuracy with the training noise (std {noisy['noise_std']:g}, "
+              f"every image) | {noisy['accuracy']:.4%} ({noisy['error_count']} errors) |"]
+             if noisy else []), "",
            "## Per class", "", "| class | support | precision | recall | F1 |",
            "| --- | ---: | ---: | ---: | ---: |"]
   for row in result["per_class"]:
@@ -151,6 +159,15 @@ def write_report(config, predictor):
   probabilities = predictor.predict_with_progress(images, config.batch_size, config.tta,
                                                   mirror, bar)
   result = metrics.classification_metrics(labels, probabilities, class_names)
+  noisy = None
+  if config.noise_factor:
+    # The task the model trained for: every image of the split, noisy.
+    noisy_images = robustness.add_noise(images, config.noise_factor, config.seed)
+    predicted = predictor.predict(noisy_images, config.batch_size, config.tta,
+                                  mirror).argmax(axis=-1)
+    errors = int(np.sum(predicted != labels))
+    noisy = {"noise_std": config.noise_factor, "count": len(labels), "error_count": errors,
+             "accuracy": 1.0 - errors / len(labels)}
   robust, robust_images = None, 0
   if config.robustness:
     chosen = robustness.sweep_subset(labels, config.robustness_images, config.seed)
@@ -194,13 +211,16 @@ def write_report(config, predictor):
     output = {"model": source, "dataset": config.dataset, "split": config.split,
               "tta": config.tta, "tta_views": len(inference.tta_views(config.tta, mirror)),
               "seconds": seconds, **result}
+    if noisy:
+      output["training_noise"] = noisy
     if robust:
       output["robustness"] = robust
       output["robustness_images"] = robust_images
     with open(os.path.join(tmp, "metrics.json"), "w") as f:
       json.dump(output, f, indent=1)
     with open(os.path.join(tmp, "report.md"), "w") as f:
-      f.write(_markdown(config, source, result, robust, robust_images, names, seconds, mirror))
+      f.write(_markdown(config, source, result, robust, robust_images, names, seconds, mirror,
+                        noisy))
     with open(os.path.join(tmp, names["confusion"]), "rb") as f:
       _tensorboard(home, config.split, result, f.read(), int(run.read_metrics().get("step", 0)))
   return final, output

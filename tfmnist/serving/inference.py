@@ -194,6 +194,7 @@ class RunSettings(NamedTuple):
   dataset: str
   records_dir: str
   train_splits: tuple
+  training_noise: float = 0.0  # Std of the Gaussian noise its training images got.
 
 
 def run_settings(model_dir):
@@ -202,7 +203,8 @@ def run_settings(model_dir):
   config = run_dir.RunDir(model_dir).read_config() or {}
   return RunSettings(manifest.get("dataset", config.get("dataset", "")),
                      manifest.get("records_dir", config.get("records_dir", "")),
-                     tuple(manifest.get("train_splits", config.get("train_splits", ["train"]))))
+                     tuple(manifest.get("train_splits", config.get("train_splits", ["train"]))),
+                     float(config.get("augment", {}).get("noise_factor", 0.0)))
 
 
 def ensemble_settings(model_dirs):
@@ -210,7 +212,8 @@ def ensemble_settings(model_dirs):
 
   The dataset and records folder are those the members that name one agree
   on (empty when they differ); the training splits are every split any
-  member trained on.
+  member trained on; the training noise is the members' when they all
+  trained with the same, else none.
   """
   members = [run_settings(d) for d in model_dirs]
 
@@ -218,8 +221,10 @@ def ensemble_settings(model_dirs):
     named = {value for value in values if value}
     return named.pop() if len(named) == 1 else ""
 
+  noises = {m.training_noise for m in members}
   return RunSettings(agreed(m.dataset for m in members), agreed(m.records_dir for m in members),
-                     tuple(sorted({split for m in members for split in m.train_splits})))
+                     tuple(sorted({split for m in members for split in m.train_splits})),
+                     noises.pop() if len(noises) == 1 else 0.0)
 
 
 def expand_model_dirs(patterns):
