@@ -10,7 +10,8 @@ AugmentConfig's.
 from absl import flags
 
 # AugmentConfig's defaults of the settings whose default is not 0 or False.
-DEFAULTS = {"elastic_sigma": 4.0, "erase_area": (0.02, 0.2), "blur_sigma": 1.0}
+DEFAULTS = {"elastic_sigma": 4.0, "erase_area": (0.02, 0.2), "noise_probability": 1.0,
+            "blur_sigma": 1.0}
 
 _ROTATION = flags.DEFINE_float("rotation_degrees", 0.0, "Rotation drawn from [-r, r] degrees.")
 _ZOOM = flags.DEFINE_float("zoom", 0.0, "Scale drawn per axis from [1 - z, 1 + z] (fraction).")
@@ -28,7 +29,8 @@ _ERASE_AREA = flags.DEFINE_list(
     "min,max fraction of the image area erased.")
 _NOISE = flags.DEFINE_float("noise_factor", 0.0, "Std of Gaussian noise on [0, 1] images.")
 _NOISE_PROBABILITY = flags.DEFINE_float(
-    "noise_probability", 1.0, "Chance that an image gets the Gaussian noise.")
+    "noise_probability", DEFAULTS["noise_probability"],
+    "Chance that an image gets the Gaussian noise.")
 _BLUR = flags.DEFINE_float(
     "blur_strength", 0.0, "Blur (t > 0) or sharpen (t < 0) by t drawn from [-s, s].")
 _BLUR_SIGMA = flags.DEFINE_float(
