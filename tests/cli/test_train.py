@@ -268,6 +268,11 @@ def test_resumed_run_equals_an_uninterrupted_run(runs):
   first, second = runs.result("resume")
   assert f"done: step {STEPS_PER_EPOCH}" in first.stdout
   assert f"at step {STEPS_PER_EPOCH} of {TOTAL_STEPS}" in second.stdout
+  # The last line names where the test score comes from.
+  assert re.fullmatch(
+      rf"done: step {TOTAL_STEPS}, validation accuracy \d+\.\d\d%; test: python -m "
+      rf"tfmnist.evaluate --model_dir={re.escape(runs.model_dir('resume'))}",
+      second.stdout.splitlines()[-1]), second.stdout
   assert _metrics(runs.model_dir("resume"))["step"] == TOTAL_STEPS
   tfx.assert_identical(_checkpoint(runs, "reference"), _checkpoint(runs, "resume"))
 

@@ -5,6 +5,7 @@ when they are missing, and hands the config to training.loop.train_and_evaluate;
 rerunning the same command resumes the run.
 """
 
+import os
 import sys
 
 from absl import app, flags, logging
@@ -178,15 +179,31 @@ def main(argv):
       path = export_checkpoint(config, _EXPORT_CHECKPOINT.value)
       print(f"exported {path} to {config_lib.export_dir_of(config)}")
       return
-    _ensure_records(config)
+    info = _ensure_records(config)
     final = loop.train_and_evaluate(config, say=print)
   except (DataError, ValueError, NonFiniteLoss, SaveError) as e:
     sys.exit(f"train: error: {e}")
   if final.get("preempted"):
     sys.exit(143)
-  validation = (f", val_accuracy {final['val_accuracy']:.4%}" if "val_accuracy" in final
-                else "")
-  print(f"done: step {final['step']}{validation}; run folder {config.model_dir}")
+  print(done_line(config, final, info))
+
+
+def done_line(config, final, info):
+  """The last line of a run: its validation accuracy, and how to score it on the test split.
+
+  Training never looks at the test split; evaluate does, through the export.
+  """
+  validation = (f"validation accuracy {final['val_accuracy']:.2%}" if "val_accuracy" in final
+                else "no validation split")
+  test = info["splits"].get("test")
+  if test is None:
+    then = f"run folder {config.model_dir}"
+  elif test.get("labeled", True):
+    then = f"test: python -m tfmnist.evaluate --model_dir={config.model_dir}"
+  else:  # Kaggle's test.csv: predictions, not a score.
+    then = (f"test (unlabelled): python -m tfmnist.predict --model_dir={config.model_dir} "
+            f"--input={os.path.join(config.records_dir, config.dataset)} --split=test")
+  return f"done: step {final['step']}, {validation}; {then}"
 
 
 def run():
