@@ -109,3 +109,23 @@ def test_a_missing_log_dir_is_an_error(tmp_path):
   missing = str(tmp_path / "no_such_run" / "logs")
   with pytest.raises(ValueError, match=re.escape(f"no log folder '{missing}'")):
     logs.read_scalars(missing)
+
+
+def test_train_seconds_at_places_steps_by_their_summaries(tmp_path):
+  """The last summary is the end of training; earlier steps lie back by their write times."""
+  from tensorboard.compat.proto import event_pb2, summary_pb2  # pylint: disable=g-import-not-at-top
+  from tensorboard.summary.writer import event_file_writer  # pylint: disable=g-import-not-at-top
+  writer = event_file_writer.EventFileWriter(str(tmp_path / "logs" / "train"))
+  for step, wall_time in ((10, 100.0), (20, 130.0), (30, 190.0)):
+    value = summary_pb2.Summary.Value(tag="loss", simple_value=1.0 / step)
+    writer.add_event(event_pb2.Event(wall_time=wall_time, step=step,
+                                     summary=summary_pb2.Summary(value=[value])))
+  writer.close()
+
+  seconds = logs.train_seconds_at(str(tmp_path / "logs"), [0, 10, 15, 30], train_seconds=100.0)
+
+  # Step 30 ends at 100 s; step 10 was 90 s earlier; 15 halfway to step 20;
+  # step 0 starts the run.
+  np.testing.assert_allclose(seconds, [0.0, 10.0, 25.0, 100.0])
+  with pytest.raises(ValueError, match="no train summaries"):
+    logs.train_seconds_at(str(tmp_path / "nothing"), [1], 1.0)

@@ -78,3 +78,35 @@ def read_scalars(log_dir):
     events = _scalar_events(folder) if tf.io.gfile.isdir(folder) else {}
     scalars[run] = {tag: _by_step(run_events) for tag, run_events in sorted(events.items())}
   return scalars
+
+
+def train_seconds_at(log_dir, steps, train_seconds):
+  """Seconds of training at each of `steps`, from the train summaries' write times.
+
+  The last train summary was written when training ended, `train_seconds`
+  after it began; earlier steps are placed by their summaries' wall times,
+  interpolated between summaries (and from step 0 at second 0).
+
+  Args:
+    log_dir: the run's logs folder.
+    steps: global steps to place.
+    train_seconds: the run's measured training time (metrics.json).
+
+  Returns:
+    float64 array of seconds, one per step.
+
+  Raises:
+    ValueError: the folder holds no train summaries.
+  """
+  folder = os.path.join(log_dir, "train")
+  events = [e for tag_events in (_scalar_events(folder) if tf.io.gfile.isdir(folder) else
+                                 {}).values() for e in tag_events]
+  if not events:
+    raise ValueError(f"no train summaries in {log_dir!r}")
+  by_step = {}
+  for step, wall_time, _ in sorted(events, key=lambda e: e[1]):
+    by_step[step] = wall_time  # The latest write of a step.
+  logged = np.array(sorted(by_step), np.int64)
+  walls = np.array([by_step[s] for s in logged], np.float64)
+  seconds = np.concatenate([[0.0], train_seconds - (walls[-1] - walls)])
+  return np.interp(np.asarray(steps, np.float64), np.concatenate([[0], logged]), seconds)
