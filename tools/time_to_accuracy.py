@@ -39,7 +39,6 @@ _RECORDS_DIR = flags.DEFINE_string("records_dir", "records", "Folder of prepared
 _OUTPUT_DIR = flags.DEFINE_string("output_dir", "benchmarks", "Where the table and figure go.")
 _TARGETS = flags.DEFINE_list("targets", ["99.0", "99.5", "99.7"], "Test accuracies (percent) "
                              "whose first crossing the table gives.")
-_PROGRESS = flags.DEFINE_bool("progress", True, "Show a progress bar.")
 
 _STEP = re.compile(r"ckpt-(\d+)$")
 
@@ -127,7 +126,7 @@ def main(argv):
     dataset = inference.run_settings(_RUNS.value[0]).dataset
     _, images, labels = pipeline.read_labelled(_RECORDS_DIR.value, dataset, "test")
     total = sum(len(checkpoints_of(r)) for r in _RUNS.value)
-    bar = Progress(total, "checkpoints", desc="scoring", enabled=_PROGRESS.value)
+    bar = Progress(total, "checkpoints", desc="scoring")
     results = [curve(r, images, labels, bar) for r in _RUNS.value]
   except (DataError, ValueError) as e:
     sys.exit(f"time_to_accuracy.py: error: {e}")
