@@ -450,12 +450,14 @@ def test_shipped_flagfiles_parse_and_build_their_models():
           "  model = models.create(config.model, datasets.get_spec(config.dataset).num_classes)\n"
           "  model(np.zeros((1, 28, 28, 1), np.float32))\n"
           "  out[path] = {'model_dir': config.model_dir, 'dataset': config.dataset,\n"
-          "               'model': config.model, 'params': model.count_params()}\n"
+          "               'model': config.model, 'params': model.count_params(),\n"
+          "               'noise': [config.augment.noise_factor,\n"
+          "                         config.augment.noise_probability]}\n"
           "print(json.dumps(out))\n")
   paths = sorted(str(p) for p in tfx.REPO_ROOT.glob("*.flags"))
   assert {os.path.basename(p) for p in paths} >= {
       "lenet.flags", "kaggle.flags", "lenet5.flags", "fashion.flags", "kannada.flags",
-      "best.flags", "fast.flags", "fast995.flags"}
+      "best.flags", "fast.flags", "fast995.flags", "noisy.flags"}
   result = tfx.check(tfx.run([tfx.PYTHON, "-c", code, *paths]))
   configs = json.loads(result.stdout.strip().splitlines()[-1])
   for path, config in configs.items():
@@ -468,6 +470,7 @@ def test_shipped_flagfiles_parse_and_build_their_models():
   assert by_name["kaggle.flags"]["params"] == 887_530
   assert by_name["fashion.flags"]["dataset"] == "fashion_mnist"
   assert by_name["kannada.flags"]["dataset"] == "kannada_mnist"
+  assert by_name["noisy.flags"]["noise"] == [0.5, 0.5]  # The task's noise, on half the images.
 
 
 def test_refit_flags_reach_the_config_and_clash_in_one_line(tmp_path, records_dir):
@@ -478,3 +481,20 @@ def test_refit_flags_reach_the_config_and_clash_in_one_line(tmp_path, records_di
       "train: error: validation_split=validation is also in train_splits; set "
       "validation_split empty to train without validation"]
   assert not os.path.exists(tmp_path / "run" / "checkpoints")
+
+
+def test_offline_without_records_names_the_train_flag_that_works(tmp_path):
+  """The way out names --source_dir, which train has, not make_records' own flags."""
+  mirror = tmp_path / "empty_mirror"  # A download that fails at once, offline.
+  mirror.mkdir()
+  result = tfx.run([tfx.PYTHON, "-m", "tfmnist.train", "--flagfile=lenet.flags",
+                    f"--model_dir={tmp_path / 'run'}", f"--records_dir={tmp_path / 'records'}"],
+                   TFMNIST_DOWNLOAD_BASE_URL=mirror.as_uri() + "/")
+
+  assert result.returncode == 1
+  lines = _error_lines(result.stderr)
+  assert len(lines) == 1, result.stderr
+  assert ("without internet, pass --source_dir=DIR to prepare them from local IDX or NPZ "
+          "files of mnist") in lines[0]
+  assert "--source=" not in lines[0] and "download_base_url" not in lines[0]
+  assert not os.path.exists(tmp_path / "run")

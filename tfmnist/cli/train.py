@@ -11,6 +11,7 @@ import sys
 from absl import app, flags, logging
 
 from tfmnist.cli import augment_flags, flagfiles, startup
+from tfmnist.cli.messages import as_flags
 from tfmnist.errors import DataError, NonFiniteLoss, SaveError
 from tfmnist.training import choices
 
@@ -182,7 +183,7 @@ def main(argv):
     info = _ensure_records(config)
     final = loop.train_and_evaluate(config, say=print)
   except (DataError, ValueError, NonFiniteLoss, SaveError) as e:
-    sys.exit(f"train: error: {e}")
+    sys.exit(f"train: error: {as_flags(str(e))}")
   if final.get("preempted"):
     sys.exit(143)
   print(done_line(config, final, info))
