@@ -110,7 +110,8 @@ def figure(results, targets, path, machine):
   ax.set_ylim(max(97.0, min(min(r["accuracy"]) * 100 for r in results) - 0.2), 100)
   ax.set_xlabel("seconds of training (log scale)")
   ax.set_ylabel("test accuracy (%)")
-  ax.set_title(f"Full MNIST, time to accuracy on {machine['cpu_label']}", fontsize=9)
+  ax.set_title(f"Test accuracy against seconds of training\n{machine['cpu_label']}",
+               fontsize=8)
   ax.legend(loc="lower right", fontsize=8)
   ax.grid(True, which="both", linewidth=0.3)
   fig.savefig(path, dpi=120)
