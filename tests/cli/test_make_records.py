@@ -77,3 +77,33 @@ def test_bad_csv_gives_one_line_error_and_no_output(tmp_path, write_csv):
   assert stderr[0] == (f"make_records: error: {train_csv}:6: ragged row with 784 columns, "
                        "expected 785")
   assert not out.exists()
+
+
+def test_headerless_csv_with_the_label_last_names_the_flag_then_reads_with_it(tmp_path):
+  """The user's file: 785 columns, no header, the label last; the corner pixel is always 0."""
+  rows = []
+  for i in range(200):
+    pixels = [0] + [(i * 7 + j) % 256 for j in range(1, 784)]
+    rows.append(",".join(map(str, pixels + [i % 10])))
+  train_csv = tmp_path / "mnist_5k.csv"
+  train_csv.write_text("\n".join(rows) + "\n")
+  out = tmp_path / "out"
+
+  code, stdout, stderr = run_make_records(
+      "--dataset=mnist5k", f"--train_csv={train_csv}", "--num_classes=10",
+      f"--output_dir={out}")
+
+  assert code != 0 and stdout == ""
+  assert stderr == [f"make_records: error: {train_csv}: no header, and its first column (the "
+                    "default label) holds only 0 while the last column (0-based 784) holds "
+                    "exactly the labels 0..9: pass --label_column=last"]
+  assert not out.exists()
+
+  code, stdout, stderr = run_make_records(
+      "--dataset=mnist5k", f"--train_csv={train_csv}", "--num_classes=10",
+      "--label_column=-1", f"--output_dir={out}")
+
+  assert code == 0, stderr
+  info = json.loads((out / "mnist5k" / "info.json").read_text())
+  assert info["splits"]["train"]["label_histogram"] == [18] * 10
+  assert {c["check"]: c["outcome"] for c in info["checks"]}["classes"] == "passed"
