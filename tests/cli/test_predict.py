@@ -356,7 +356,7 @@ def test_two_model_dirs_make_an_ensemble(setup):
     manifest = json.load(f)
   # The member without a manifest leaves the dataset and records to the other.
   assert manifest == {"dataset": "mnist", "records_dir": setup.records_dir,
-                      "train_splits": ["train"],
+                      "train_splits": ["train"], "training_noise": 0.0,
                       "members": [os.path.join(setup.run_dir, "export"),
                                   os.path.join(setup.member_dir, "export")]}
   loaded = tf.saved_model.load(setup.ensemble_export)

@@ -478,8 +478,8 @@ def test_refit_flags_reach_the_config_and_clash_in_one_line(tmp_path, records_di
   result = tfx.run(tfx.train_command(args))
   assert result.returncode == 1
   assert _error_lines(result.stderr) == [
-      "train: error: validation_split=validation is also in train_splits; set "
-      "validation_split empty to train without validation"]
+      "train: error: validation_split=validation is also in train_splits; pass "
+      "--validation_split= (empty) to train without validation"]
   assert not os.path.exists(tmp_path / "run" / "checkpoints")
 
 

@@ -231,8 +231,8 @@ def test_refit_trains_on_train_and_validation_without_validating(tmp_path, recor
 
 @pytest.mark.parametrize("fields, message", [
     (dict(train_splits=("train", "validation")),
-     "validation_split=validation is also in train_splits; set validation_split empty to "
-     "train without validation"),
+     "validation_split=validation is also in train_splits; set validation_split= (empty) "
+     "to train without validation"),
     (dict(validation_split="", early_stopping_patience=2),
      "early_stopping_patience needs a validation split; drop it or set validation_split"),
     (dict(validation_split="", early_stopping_patience=2,

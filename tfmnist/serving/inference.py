@@ -204,7 +204,8 @@ def run_settings(model_dir):
   return RunSettings(manifest.get("dataset", config.get("dataset", "")),
                      manifest.get("records_dir", config.get("records_dir", "")),
                      tuple(manifest.get("train_splits", config.get("train_splits", ["train"]))),
-                     float(config.get("augment", {}).get("noise_factor", 0.0)))
+                     float(manifest.get("training_noise",
+                                        config.get("augment", {}).get("noise_factor", 0.0))))
 
 
 def ensemble_settings(model_dirs):

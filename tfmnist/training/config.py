@@ -119,7 +119,7 @@ def check(config, info, num_replicas):
     raise ValueError("train_splits is empty; name the splits to train on")
   if config.validation_split in config.train_splits:
     raise ValueError(f"validation_split={config.validation_split} is also in train_splits; "
-                     "set validation_split empty to train without validation")
+                     "set validation_split= (empty) to train without validation")
   if not config.validation_split:
     needs = [name for name, used in (("plateau_monitor", config.plateau.monitor),
                                      ("early_stopping_patience",
