@@ -103,10 +103,7 @@ def train_seconds_at(log_dir, steps, train_seconds):
                                  {}).values() for e in tag_events]
   if not events:
     raise ValueError(f"no train summaries in {log_dir!r}")
-  by_step = {}
-  for step, wall_time, _ in sorted(events, key=lambda e: e[1]):
-    by_step[step] = wall_time  # The latest write of a step.
-  logged = np.array(sorted(by_step), np.int64)
-  walls = np.array([by_step[s] for s in logged], np.float64)
+  # _by_step's rule for rewritten steps, with each event's wall time as its value.
+  logged, walls = _by_step([(step, wall_time, wall_time) for step, wall_time, _ in events])
   seconds = np.concatenate([[0.0], train_seconds - (walls[-1] - walls)])
   return np.interp(np.asarray(steps, np.float64), np.concatenate([[0], logged]), seconds)
