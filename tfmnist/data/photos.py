@@ -146,15 +146,27 @@ def preprocess_image(pixels, denoise=True):
   return pixels_lib.to_uint8(_centre(box))
 
 
-def _decode(path):
-  """The pixels of an image file as uint8 [H, W, C], or DataError."""
-  data = read_file_bytes(path)
+def decode_image(data, name):
+  """The pixels of an encoded image (PNG, JPEG, BMP, GIF) as uint8 [H, W, C].
+
+  Args:
+    data: the bytes of an image file.
+    name: what the bytes are, for the error (a path, "the upload").
+
+  Raises:
+    DataError: the bytes are not an image TensorFlow can decode.
+  """
   try:
     image = tf.io.decode_image(data, channels=0, expand_animations=False)
   except tf.errors.OpError as e:
     reason = " ".join(_OP_ERROR_NOISE.sub("", e.message).split()) or type(e).__name__
-    raise DataError(f"cannot decode {path} as an image: {reason}") from None
+    raise DataError(f"cannot decode {name} as an image: {reason}") from None
   return image.numpy()
+
+
+def _decode(path):
+  """The pixels of an image file as uint8 [H, W, C], or DataError."""
+  return decode_image(read_file_bytes(path), path)
 
 
 def load_image(path, denoise=True):
