@@ -20,6 +20,7 @@ from tfmnist import hardware, run_dir
 from tfmnist.data import augment as augment_lib
 from tfmnist.data import pipeline, pixels, records
 from tfmnist.training import checkpoints, optim, schedules, state
+from tfmnist.training import config as config_lib
 from tfmnist.training import loop as loop_lib
 from tfmnist.training import step as step_lib
 from tfmnist.errors import DataError
@@ -137,6 +138,41 @@ def test_mixed_precision_runs_with_finite_loss(tmp_path, records_dir, precision)
   assert final["step"] == 8
   assert np.isfinite(final["val_loss"])
   assert final["val_count"] == 120
+
+
+def _dtypes_of(export_dir):
+  """The dtypes named by the nodes of a SavedModel's graph and functions."""
+  from tensorflow.core.protobuf import saved_model_pb2  # pylint: disable=g-import-not-at-top
+  saved = saved_model_pb2.SavedModel()
+  saved.ParseFromString((export_dir / "saved_model.pb").read_bytes())
+  graph = saved.meta_graphs[0].graph_def
+  nodes = list(graph.node) + [n for f in graph.library.function for n in f.node_def]
+  found = set()
+  for node in nodes:
+    for value in node.attr.values():
+      found.add(tf.as_dtype(value.type).name if value.type else None)
+      found.update(tf.as_dtype(t).name for t in value.list.type)
+  return found - {None}
+
+
+def test_a_mixed_precision_run_exports_a_model_that_computes_in_float32(tmp_path, records_dir):
+  model_dir = tmp_path / "run"
+  tfx.train_in_process(model_dir, records_dir, model="fast_cnn", precision="mixed_bfloat16",
+                       epochs=1, export=True)
+  config = config_lib.from_dict(run_dir.RunDir(model_dir).read_config(), str(model_dir))
+  loop_lib.export_checkpoint(config, "latest", str(tmp_path / "again"), list("0123456789"))
+  for export_dir in (model_dir / "export", tmp_path / "again"):
+    dtypes = _dtypes_of(export_dir)
+    assert "float32" in dtypes and "bfloat16" not in dtypes, (export_dir, dtypes)
+  # The float32 export classifies as the bfloat16 model that trained does.
+  _, images, _ = pipeline.read_labelled(records_dir, "mnist", "validation")
+  served = tf.saved_model.load(str(model_dir / "export")).signatures["serving_default"](
+      images=tf.constant(images))["probabilities"].numpy()
+  trained, _ = loop_lib.restore_model(config, "latest", 10, policy="mixed_bfloat16")
+  assert trained.compute_dtype == "bfloat16"
+  logits = trained(pixels.normalize(images), training=False)
+  np.testing.assert_array_equal(served.argmax(1), logits.numpy().argmax(1))
+  keras.mixed_precision.set_global_policy("float32")
 
 
 def test_auto_precision_is_recorded_and_kept_when_the_run_resumes(tmp_path, records_dir,

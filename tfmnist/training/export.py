@@ -34,6 +34,17 @@ def _probabilities(member, images):
   return member.serve(images)["probabilities"]
 
 
+def _probabilities_of_pixels(member, pixel_values):
+  """`_probabilities` of float32 pixel values in [0, 255], with no uint8 step in between."""
+  if isinstance(member, keras.Model):
+    return _probabilities(member, pixel_values)  # normalize() scales floats as it does uint8.
+  if hasattr(member, "probabilities_of_pixels"):
+    return member.probabilities_of_pixels(pixel_values)
+  # An export from before its float function: through its uint8 signature.
+  return member.serve(tf.cast(tf.round(tf.clip_by_value(pixel_values, 0, 255)), tf.uint8))[
+      "probabilities"]
+
+
 class ServingModule(tf.Module):
   """Wraps a trained model, or several averaged, behind the serving signatures.
 
@@ -53,13 +64,27 @@ class ServingModule(tf.Module):
   def serve(self, images):
     """Probabilities and classes of uint8 images [N, 28, 28, 1] (`serving_default`)."""
     images = _checked(images, (28, 28, 1), "serving_nhw takes [N, 28, 28]")
-    probabilities = tf.add_n([_probabilities(m, images) for m in self.models]) / len(
-        self.models)
-    if self.temperature != 1.0:  # Temperature scaling, as metrics.apply_temperature.
-      probabilities = tf.nn.softmax(
-          tf.math.log(tf.maximum(probabilities, 1e-30)) / self.temperature)
+    probabilities = self._combined([_probabilities(m, images) for m in self.models])
     return {"probabilities": probabilities,
             "classes": tf.argmax(probabilities, axis=-1)}
+
+  @tf.function(input_signature=[tf.TensorSpec([None, 28, 28, 1], tf.float32, name="pixels")])
+  def probabilities_of_pixels(self, pixel_values):
+    """Probabilities of float32 pixel values in [0, 255], [N, 28, 28, 1]: what LiteRT runs.
+
+    The graph that serving.litert converts: the same arithmetic as `serve`,
+    with neither the uint8 input (a quantized model takes its own) nor the
+    shape assertion (an op LiteRT lacks). Not a signature: TF Serving
+    clients see only the uint8 ones.
+    """
+    return self._combined([_probabilities_of_pixels(m, pixel_values) for m in self.models])
+
+  def _combined(self, probabilities):
+    """The members' mean probabilities, temperature-scaled when a temperature was fitted."""
+    mean = tf.add_n(probabilities) / len(probabilities)
+    if self.temperature != 1.0:  # Temperature scaling, as metrics.apply_temperature.
+      mean = tf.nn.softmax(tf.math.log(tf.maximum(mean, 1e-30)) / self.temperature)
+    return mean
 
   @tf.function(input_signature=[tf.TensorSpec([None, 28, 28], tf.uint8, name="images")])
   def serve_nhw(self, images):
