@@ -14,7 +14,8 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 PACKAGE = REPO / "tfmnist"
 # Top layer first: (name, paths relative to tfmnist/).
 LAYERS = (
-    ("commands", ("cli", "train.py", "evaluate.py", "predict.py", "make_records.py")),
+    ("commands", ("cli", "train.py", "evaluate.py", "predict.py", "make_records.py", "convert.py",
+                  "serve.py")),
     ("evaluation", ("evaluation",)),
     ("serving", ("serving",)),
     ("training", ("training",)),

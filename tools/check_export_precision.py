@@ -27,7 +27,7 @@ from tfmnist.data import pipeline, pixels  # pylint: disable=g-import-not-at-top
 from tfmnist.errors import DataError  # pylint: disable=g-import-not-at-top
 from tfmnist.serving import inference  # pylint: disable=g-import-not-at-top
 from tfmnist.training import config as config_lib  # pylint: disable=g-import-not-at-top
-from tfmnist.training import loop  # pylint: disable=g-import-not-at-top
+from tfmnist.training import export  # pylint: disable=g-import-not-at-top
 
 _MODEL_DIR = flags.DEFINE_string("model_dir", None, "A run folder with an export and checkpoints.")
 _SPLIT = flags.DEFINE_string("split", "test", "The labelled split both models classify.")
@@ -43,7 +43,7 @@ def trained_precision_probabilities(config, images, batch_size=1000):
   policy = recorded.get("precision", {}).get("policy")
   if not policy:
     raise DataError(f"{config.model_dir}: manifest.json does not record the training precision")
-  model, _ = loop.restore_model(config, "latest", len(recorded["class_names"]), policy)
+  model, _ = export.restore_model(config, "latest", len(recorded["class_names"]), policy)
   parts = []
   for start in range(0, len(images), batch_size):
     logits = model(pixels.normalize(images[start:start + batch_size]), training=False)

@@ -20,7 +20,7 @@ import train_fixtures as tfx
 from tfmnist import run_dir
 from tfmnist.data import pipeline, prepare, records
 from tfmnist.errors import DataError, SaveError
-from tfmnist.training import loop
+from tfmnist.training import export
 
 STEPS_PER_EPOCH = 15  # 480 train images / global batch 32.
 TOTAL_STEPS = 2 * STEPS_PER_EPOCH
@@ -149,7 +149,7 @@ def test_a_checkpoint_of_another_run_is_not_exported(one_epoch, tmp_path):
   config = tfx.train_config(model_dir, "records", model="lenet5")
   with pytest.raises(DataError, match=r"holds a run of mlp on mnist \(float32\); asked for "
                      r"lenet5 on mnist \(float32\)"):
-    loop.export_checkpoint(config, "latest", str(tmp_path / "export"),
+    export.export_checkpoint(config, "latest", str(tmp_path / "export"),
                            [str(i) for i in range(10)])
   assert not os.path.exists(tmp_path / "export")
 

@@ -21,6 +21,7 @@ from tfmnist.data import augment as augment_lib
 from tfmnist.data import pipeline, pixels, records
 from tfmnist.training import checkpoints, optim, schedules, state
 from tfmnist.training import config as config_lib
+from tfmnist.training import export as export_lib
 from tfmnist.training import loop as loop_lib
 from tfmnist.training import step as step_lib
 from tfmnist.errors import DataError
@@ -160,7 +161,7 @@ def test_a_mixed_precision_run_exports_a_model_that_computes_in_float32(tmp_path
   tfx.train_in_process(model_dir, records_dir, model="fast_cnn", precision="mixed_bfloat16",
                        epochs=1, export=True)
   config = config_lib.from_dict(run_dir.RunDir(model_dir).read_config(), str(model_dir))
-  loop_lib.export_checkpoint(config, "latest", str(tmp_path / "again"), list("0123456789"))
+  export_lib.export_checkpoint(config, "latest", str(tmp_path / "again"), list("0123456789"))
   for export_dir in (model_dir / "export", tmp_path / "again"):
     dtypes = _dtypes_of(export_dir)
     assert "float32" in dtypes and "bfloat16" not in dtypes, (export_dir, dtypes)
@@ -168,7 +169,7 @@ def test_a_mixed_precision_run_exports_a_model_that_computes_in_float32(tmp_path
   _, images, _ = pipeline.read_labelled(records_dir, "mnist", "validation")
   served = tf.saved_model.load(str(model_dir / "export")).signatures["serving_default"](
       images=tf.constant(images))["probabilities"].numpy()
-  trained, _ = loop_lib.restore_model(config, "latest", 10, policy="mixed_bfloat16")
+  trained, _ = export_lib.restore_model(config, "latest", 10, policy="mixed_bfloat16")
   assert trained.compute_dtype == "bfloat16"
   logits = trained(pixels.normalize(images), training=False)
   np.testing.assert_array_equal(served.argmax(1), logits.numpy().argmax(1))

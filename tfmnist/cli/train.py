@@ -156,12 +156,12 @@ def export_checkpoint(config, checkpoint):
   """--export_checkpoint: one checkpoint of the run as a SavedModel; returns its path."""
   from tfmnist import run_dir  # pylint: disable=g-import-not-at-top
   from tfmnist.training import config as config_lib  # pylint: disable=g-import-not-at-top
-  from tfmnist.training import loop  # pylint: disable=g-import-not-at-top
+  from tfmnist.training import export  # pylint: disable=g-import-not-at-top
   class_names = run_dir.RunDir(config.model_dir).read_manifest().get("class_names")
   if not class_names:  # A run folder from before the manifest named its classes.
     class_names = _ensure_records(config)["class_names"]
-  return loop.export_checkpoint(config, checkpoint, config_lib.export_dir_of(config),
-                                class_names)
+  return export.export_checkpoint(config, checkpoint, config_lib.export_dir_of(config),
+                                  class_names)
 
 
 def main(argv):

@@ -4,7 +4,7 @@ Evaluation, prediction and ensembles all go through a run's exported
 SavedModel and its `serving_default` signature, so they see exactly what a
 program that loads the export sees. A run without an export, or a chosen
 checkpoint, is exported first, in process: the run's config.json rebuilds
-its model (training.loop.export_checkpoint) into a temporary folder.
+its model (training.export.export_checkpoint) into a temporary folder.
 
 A `Predictor` is one exported model or an `Ensemble` of them; both answer
 `predict(images, ...)` and name their `source` and `members`.
@@ -22,7 +22,7 @@ from tfmnist import metrics, run_dir
 from tfmnist.data import augment, records
 from tfmnist.errors import DataError
 from tfmnist.training import config as config_lib
-from tfmnist.training import export, loop
+from tfmnist.training import export
 
 # Test-time augmentation: the image itself and its one-pixel shifts; with
 # `mirror`, each of them mirrored left-right as well. Mirroring is only for
@@ -182,7 +182,7 @@ def load(model_dir, checkpoint="", records_dir=""):
   # member's assets from it.
   tmp = tempfile.TemporaryDirectory(prefix="tfmnist-export-")
   destination = os.path.join(tmp.name, "export")
-  loop.export_checkpoint(config, checkpoint, destination,
+  export.export_checkpoint(config, checkpoint, destination,
                          _class_names(folder, config, records_dir))
   predictor = ExportedModel(destination, source=f"{model_dir} @ {checkpoint}")
   predictor.tmp = tmp

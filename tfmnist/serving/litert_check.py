@@ -23,6 +23,12 @@ import numpy as np
 REPORT_EVERY = 500  # Images between progress lines.
 
 
+def _send(message):
+  """One JSON line to the parent process, which reads this program's stdout as messages."""
+  sys.stdout.write(json.dumps(message) + "\n")
+  sys.stdout.flush()
+
+
 def _quantize(image, details):
   """The uint8 pixels as the file's input tensor: as floats, or quantized to its integer type."""
   dtype = details["dtype"]
@@ -57,7 +63,7 @@ def check_file(path, images, labels, reference, threads):
     probabilities = _dequantize(interpreter.get_tensor(target["index"])[0], target)
     classes[i] = int(np.argmax(probabilities))
     if (i + 1) % REPORT_EVERY == 0 or i + 1 == len(images):
-      print(json.dumps({"file": path, "done": i + 1}), flush=True)
+      _send({"file": path, "done": i + 1})
   return {"file": os.path.basename(path), "bytes": os.path.getsize(path),
           "accuracy": float(np.mean(classes == labels)),
           "agreement": float(np.mean(classes == reference)),
@@ -79,7 +85,7 @@ def main(request_path):
   results = [check_file(path, images, labels, reference, request["threads"])
              for path in request["files"]]
   loaded = {name: name in sys.modules for name in ("tfmnist", "tensorflow")}
-  print(json.dumps({"results": results, "loaded": loaded}), flush=True)
+  _send({"results": results, "loaded": loaded})
 
 
 if __name__ == "__main__":

@@ -22,6 +22,12 @@ import numpy as np  # pylint: disable=g-import-not-at-top
 import tensorflow as tf  # pylint: disable=g-import-not-at-top
 
 
+def _send(message):
+  """One JSON line to the parent process, which reads this program's stdout as messages."""
+  sys.stdout.write(json.dumps(message) + "\n")
+  sys.stdout.flush()
+
+
 def pixels_function(loaded):
   """The export's float32 pixels [1, 28, 28, 1] -> {"probabilities"} concrete function.
 
@@ -61,11 +67,11 @@ def main(request_path):
   function = pixels_function(loaded)
   calibration = np.load(request["calibration"])["images"]
   for variant in request["variants"]:
-    print(json.dumps({"variant": variant}), flush=True)
+    _send({"variant": variant})
     try:
       flatbuffer = converter(loaded, function, variant, calibration).convert()
     except Exception as e:  # pylint: disable=broad-except  # Reported whole to the caller.
-      print(json.dumps({"error": variant, "message": str(e)}), flush=True)
+      _send({"error": variant, "message": str(e)})
       sys.exit(1)
     with open(os.path.join(request["output"], f"{variant}.tflite"), "wb") as f:
       f.write(flatbuffer)

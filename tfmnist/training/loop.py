@@ -1,4 +1,4 @@
-"""The training loop: `train_and_evaluate(config)`, and the models a run leaves.
+"""The training loop: `train_and_evaluate(config)`.
 
 An eager outer loop owns checkpoints, evaluation, summaries and the progress
 bar; it calls the traced inner loop (step.make_train_loop) for at most
@@ -23,14 +23,14 @@ import tensorflow as tf
 from absl import logging
 
 import tfmnist
-from tfmnist import hardware, models, run_dir
+from tfmnist import hardware, run_dir
 from tfmnist.data import augment as augment_lib
 from tfmnist.data import pipeline, pixels, records
-from tfmnist.errors import DataError, NonFiniteLoss
+from tfmnist.errors import NonFiniteLoss
 from tfmnist.progress import Progress
 from tfmnist.training import checkpoints as checkpoints_lib
 from tfmnist.training import config as config_lib
-from tfmnist.training import export, optim, state, step as step_lib
+from tfmnist.training import export, state, step as step_lib
 from tfmnist.training import strategy as strategy_lib
 from tfmnist.training import summaries
 
@@ -311,122 +311,9 @@ class _Loop:
       if config.export:
         class_names = self.setup.info["class_names"]
         with checkpoints_lib.EmaWeights(run.model, run.weight_average):
-          export.export(float32_twin(run.model, config.model, len(class_names)), class_names,
-                        config_lib.export_dir_of(config))
+          export.export(export.float32_twin(run.model, config.model, len(class_names)),
+                        class_names, config_lib.export_dir_of(config))
       self.run_dir.write_metrics(final)
       self.writer.hparams_end(config, final)
     self.run_dir.remove_worker_scratch(self.work_dir)
     return final
-
-
-# ----------------------------------------------------------------------------
-# Exporting a checkpoint
-# ----------------------------------------------------------------------------
-
-
-def checkpoint_path(model_dir, checkpoint):
-  """The checkpoint prefix that "latest", "best" or a path names in a run folder.
-
-  Raises:
-    DataError: there is no such checkpoint.
-  """
-  folders = {"latest": run_dir.RunDir(model_dir).checkpoints,
-             "best": run_dir.RunDir(model_dir).best}
-  if checkpoint in folders:
-    path = tf.train.latest_checkpoint(folders[checkpoint])
-    if path is None:
-      raise DataError(f"{folders[checkpoint]}: no checkpoint to export")
-    return path
-  if not tf.io.gfile.exists(checkpoint + ".index"):
-    raise DataError(f"{checkpoint}: no such checkpoint (expected {checkpoint}.index)")
-  return checkpoint
-
-
-def _build(model_name, num_classes, policy):
-  """A new model of the registry, built, whose layers compute under the dtype `policy`."""
-  previous = keras.mixed_precision.global_policy()
-  try:
-    keras.mixed_precision.set_global_policy(policy)
-    model = models.create(model_name, num_classes)
-    model(tf.zeros([1, 28, 28, 1]), training=False)
-  finally:
-    keras.mixed_precision.set_global_policy(previous)
-  return model
-
-
-def float32_twin(model, model_name, num_classes):
-  """`model` when it computes in float32, else a float32 model holding its weights.
-
-  The export computes in float32 whatever precision trained it, so that it
-  runs anywhere (LiteRT, CPUs without bfloat16, TF Serving on any device):
-  mixed precision keeps its variables in float32 already, so the twin gets
-  the same values and only the arithmetic changes.
-  """
-  if model.compute_dtype == "float32":
-    return model
-  twin = _build(model_name, num_classes, "float32")
-  twin.set_weights(model.get_weights())
-  return twin
-
-
-def restore_model(config, checkpoint, num_classes, policy="float32"):
-  """The run's model with one checkpoint's weights, its weight average when it kept one.
-
-  Builds the model from `config` alone: no records, no strategy and no
-  optimizer are needed. Variables are float32 under every policy, so any
-  checkpoint restores under any `policy`.
-
-  Args:
-    config: the run's TrainConfig.
-    checkpoint: "latest", "best" or a checkpoint path.
-    num_classes: the run's number of classes.
-    policy: the dtype policy the model computes under.
-
-  Returns:
-    (the Keras model, the checkpoint path).
-
-  Raises:
-    DataError: no such checkpoint, or it is not one of this model.
-  """
-  path = checkpoint_path(config.model_dir, checkpoint)
-  model = _build(config.model, num_classes, policy)
-  saved = {"model": model}
-  weight_average = None
-  if config.optimizer.ema_decay > 0:
-    weight_average = optim.WeightAverage(model.variables, config.optimizer.ema_decay)
-    saved["weight_average"] = weight_average
-  try:
-    tf.train.Checkpoint(**saved).restore(path).expect_partial() \
-        .assert_existing_objects_matched()
-  except checkpoints_lib.RESTORE_ERRORS as e:
-    raise DataError(f"{path}: cannot restore this run's model from it "
-                    f"({str(e).splitlines()[0]})") from None
-  if weight_average is not None:  # For good: this model only serves.
-    for variable, average in zip(model.variables, weight_average.averages):
-      variable.assign(average)
-  return model, path
-
-
-def export_checkpoint(config, checkpoint, export_dir, class_names):
-  """Exports one checkpoint of a run as a float32 SavedModel (its EMA weights when it kept them).
-
-  Args:
-    config: the run's TrainConfig with its precision resolved (config.json).
-    checkpoint: "latest", "best" or a checkpoint path.
-    export_dir: where the SavedModel goes (replaced if it exists).
-    class_names: the classes in label order.
-
-  Returns:
-    The checkpoint path exported.
-
-  Raises:
-    DataError: the folder holds another run (config.check_same_run), has no
-      such checkpoint, or it is not one of this model.
-  """
-  recorded = run_dir.RunDir(config.model_dir).read_manifest().get("precision")
-  policy, _ = config_lib.resolve_precision(config.precision, recorded, hardware.detect())
-  config_lib.check_same_run(config, {"requested": config.precision, "policy": policy},
-                            class_names)
-  model, path = restore_model(config, checkpoint, len(class_names))
-  export.export(model, class_names, export_dir)
-  return path
