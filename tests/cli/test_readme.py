@@ -87,3 +87,30 @@ def test_serving_request_and_answer_match_the_signature(export_dir):
   prediction = json.loads(answer.replace("[...]", "[]"))["predictions"][0]
   assert sorted(prediction) == sorted(out)
   assert out["probabilities"].shape == (1, 10) and out["classes"].dtype == tf.int64
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("variant", ["int8", "float32"])
+def test_litert_snippet_runs_with_only_litert(export_dir, tmp_path, variant):
+  """The device snippet reads a class from each kind of file with nothing but LiteRT."""
+  pytest.importorskip("ai_edge_litert", reason="LiteRT's interpreter: pip install -e '.[test]'")
+  from tfmnist.serving import litert  # pylint: disable=g-import-not-at-top
+  (snippet,) = _blocks(_section("Phones, boards and microcontrollers (LiteRT)"), "python")
+  readme_file = "runs/fast/export/litert/int8.tflite"
+  assert readme_file in snippet
+  folder = os.path.join(export_dir, litert.FOLDER)
+  if not os.path.exists(folder):
+    litert.convert_model(litert.ConvertConfig(
+        model_dir=str(export_dir.parent), variants=("float32", "int8"), check_images=10,
+        calibration_images=20, progress=False))
+  script = tmp_path / "device.py"
+  modules = ("\nimport sys\nprint(sorted(m for m in sys.modules if m.split('.')[0] in "
+             "('tfmnist', 'tensorflow')))\n")
+  script.write_text(snippet.replace(readme_file, os.path.join(folder, f"{variant}.tflite"))
+                    + modules)
+  result = subprocess.run([tfx.PYTHON, "-I", str(script)], capture_output=True, text=True,
+                          timeout=120, cwd=str(tmp_path))
+  assert result.returncode == 0, tfx.describe(result)
+  lines = result.stdout.strip().splitlines()
+  assert re.fullmatch(r"\d", lines[-2]), result.stdout
+  assert lines[-1] == "[]"
