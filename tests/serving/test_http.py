@@ -1,12 +1,15 @@
 """Tests of the REST server: TF Serving's request formats read as pure functions
 (tfmnist.serving.rest), then a real server in a thread (tfmnist.serving.server)
-spoken to with urllib, the way any client would.
+spoken to with urllib, then the command's errors.
 
 The model is train_fixtures.shared_run's export, a tiny mlp.
 """
 
 import http.client
 import json
+import os
+import signal
+import subprocess
 import threading
 import types
 import urllib.error
@@ -393,3 +396,40 @@ def test_concurrent_requests(served):
   for thread in threads:
     thread.join()
   assert results == [200] * 6
+
+
+# ----------------------------------------------------------------------------
+# The command
+# ----------------------------------------------------------------------------
+
+
+def test_missing_run_folder_is_one_line_error(tmp_path):
+  missing = tmp_path / "nowhere"
+  result = tfx.run([tfx.PYTHON, "-m", "tfmnist.serve", f"--model_dir={missing}"], timeout=60)
+  assert result.returncode != 0
+  assert tfx.clean_stderr(result.stderr).strip().splitlines() == [
+      f"serve: error: {missing}: no such run folder"]
+
+
+@pytest.mark.slow
+def test_the_command_serves_until_ctrl_c(served):
+  """python -m tfmnist.serve on a free port: its line, a prediction, then SIGINT exits 0."""
+  process = subprocess.Popen(
+      [tfx.PYTHON, "-m", "tfmnist.serve", f"--model_dir={served.run_dir}", "--port=0"],
+      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=str(tfx.REPO_ROOT),
+      env=tfx.subprocess_env())
+  try:
+    line = process.stdout.readline().strip()
+    name = os.path.basename(served.run_dir)
+    assert line.startswith(f'serving {served.run_dir} (model "{name}") on http://127.0.0.1:')
+    assert line.endswith("/ ; Ctrl-C stops")
+    url = line.split(" on ")[1].split(" ;")[0]
+    status, answer = call_json(f"{url}v1/models/{name}:predict",
+                               _body(instances=_images(1).tolist()))
+    assert status == 200 and len(answer["predictions"]) == 1
+    process.send_signal(signal.SIGINT)
+    assert process.wait(timeout=30) == 0, process.stderr.read()
+  finally:
+    if process.poll() is None:
+      process.kill()
+    process.communicate()
