@@ -428,7 +428,9 @@ def test_the_command_serves_until_ctrl_c(served):
                                _body(instances=_images(1).tolist()))
     assert status == 200 and len(answer["predictions"]) == 1
     process.send_signal(signal.SIGINT)
-    assert process.wait(timeout=30) == 0, process.stderr.read()
+    # Generous: the slow lane trains other runs in the background meanwhile, and on
+    # 2 shared cores TensorFlow's exit once took over 30 s there.
+    assert process.wait(timeout=180) == 0, process.stderr.read()
   finally:
     if process.poll() is None:
       process.kill()
