@@ -60,6 +60,10 @@ def main(argv):
   # `kill` stops it as Ctrl-C does, so that a checkpoint exported in process
   # to a temporary folder is removed on the way out.
   signal.signal(signal.SIGTERM, _interrupt)
+  # Ctrl-C too, explicitly: a process started in the background by a shell
+  # without job control inherits SIGINT ignored, and Python then never raises
+  # KeyboardInterrupt (CI starts the tests that way).
+  signal.signal(signal.SIGINT, _interrupt)
   try:
     httpd.serve_forever()
   except KeyboardInterrupt:
