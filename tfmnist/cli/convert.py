@@ -14,7 +14,7 @@ Needs LiteRT's interpreter: pip install 'tfmnist[litert]'.
 import os
 import sys
 
-from absl import app, flags, logging
+from absl import app, flags
 
 from tfmnist.cli import startup
 from tfmnist.cli.messages import as_flags
@@ -40,14 +40,8 @@ _PROGRESS = flags.DEFINE_bool("progress", True, "Show a progress bar over the im
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  if not flags.FLAGS["verbosity"].present:
-    logging.set_verbosity(logging.WARNING)
   model_dir = _MODEL_DIR.value
-  if not os.path.isdir(model_dir):
-    sys.exit(f"convert: error: {model_dir}: no such run folder")
-  startup.load_tensorflow()
+  startup.begin(argv, "convert", model_dir)
   from tfmnist.serving import litert  # pylint: disable=g-import-not-at-top
   try:
     folder, report = litert.convert_model(litert.ConvertConfig(

@@ -10,7 +10,7 @@ an export folder itself (e.g. an exported ensemble), the report goes to
 import os
 import sys
 
-from absl import app, flags, logging
+from absl import app, flags
 
 from tfmnist.cli import startup
 from tfmnist.errors import DataError
@@ -42,14 +42,8 @@ _PROGRESS = flags.DEFINE_bool("progress", True, "Show a progress bar over the im
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  if not flags.FLAGS["verbosity"].present:
-    logging.set_verbosity(logging.WARNING)
   model_dir = _MODEL_DIR.value
-  if not os.path.isdir(model_dir):
-    sys.exit(f"evaluate: error: {model_dir}: no such run folder")
-  startup.load_tensorflow()
+  startup.begin(argv, "evaluate", model_dir)
   from tfmnist import run_dir  # pylint: disable=g-import-not-at-top
   from tfmnist.evaluation import report  # pylint: disable=g-import-not-at-top
   from tfmnist.serving import inference  # pylint: disable=g-import-not-at-top

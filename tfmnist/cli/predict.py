@@ -19,7 +19,7 @@ import io
 import os
 import sys
 
-from absl import app, flags, logging
+from absl import app, flags
 import numpy as np
 
 from tfmnist.cli import startup
@@ -144,13 +144,9 @@ def calibrate(model, split, batch_size):
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  if not flags.FLAGS["verbosity"].present:
-    logging.set_verbosity(logging.WARNING)
   if not _INPUT.value and not _EXPORT_ENSEMBLE.value:
     raise app.UsageError("give --input (and --output), or --export_ensemble")
-  startup.load_tensorflow()
+  startup.begin(argv, "predict")
   from tfmnist.serving import inference  # pylint: disable=g-import-not-at-top
   try:
     model_dirs = inference.expand_model_dirs(_MODEL_DIRS.value)

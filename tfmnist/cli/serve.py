@@ -16,7 +16,7 @@ import os
 import signal
 import sys
 
-from absl import app, flags, logging
+from absl import app, flags
 
 from tfmnist.cli import startup
 from tfmnist.errors import DataError
@@ -32,16 +32,10 @@ _MAX_REQUEST_MB = flags.DEFINE_float(
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  if not flags.FLAGS["verbosity"].present:
-    logging.set_verbosity(logging.WARNING)
   model_dir = _MODEL_DIR.value
-  if not os.path.isdir(model_dir):
-    sys.exit(f"serve: error: {model_dir}: no such run folder")
   model_name = _MODEL_NAME.value or os.path.basename(os.path.normpath(os.path.abspath(
       model_dir)))
-  startup.load_tensorflow()
+  startup.begin(argv, "serve", model_dir)
   from tfmnist.serving import inference, server  # pylint: disable=g-import-not-at-top
   try:
     server.check_model_name(model_name)

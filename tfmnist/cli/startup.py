@@ -2,8 +2,8 @@
 
 Importing TensorFlow takes seconds. The commands define their flags in
 modules that do not import it, so absl parses them, and reports a mistyped
-one, at once; `main` calls `load_tensorflow()` before it imports the
-libraries that need TensorFlow.
+one, at once; `main` calls `begin()`, which loads TensorFlow, before it
+imports the libraries that need TensorFlow.
 
 TensorFlow's C++ start-up lines (oneDNN, missing CUDA drivers, `failed call
 to cuInit` on a machine without a GPU, CPU instructions) stay off the
@@ -23,12 +23,30 @@ import re
 import sys
 import tempfile
 
+from absl import app, flags, logging
+
 SHOW_LOGS_ENV = "TFMNIST_TF_LOGS"
 LEVEL_ENV = "TF_CPP_MIN_LOG_LEVEL"
 # A C++ log line: severity letter, month and day (0000 before logging is set
 # up), time; and the line absl prints before its first one.
 _LOG_LINE = re.compile(r"^[IWE]\d{4} \S+ +\d+ \S+:\d+\] |"
                        r"^WARNING: All log messages before absl::InitializeLog\(\) is called")
+
+
+def begin(argv, command, model_dir=None):
+  """Opens a command's `main`: refuses stray arguments and a missing run folder, loads TensorFlow.
+
+  absl's INFO chatter goes unless --verbosity was given, since it hides the
+  progress bars. `model_dir`, when given, must be a folder; the command exits
+  with one line naming it otherwise, before TensorFlow takes seconds to load.
+  """
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  if not flags.FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)
+  if model_dir is not None and not os.path.isdir(model_dir):
+    sys.exit(f"{command}: error: {model_dir}: no such run folder")
+  load_tensorflow()
 
 
 def quiet_logs():

@@ -8,7 +8,7 @@ rerunning the same command resumes the run.
 import os
 import sys
 
-from absl import app, flags, logging
+from absl import app, flags
 
 from tfmnist.cli import augment_flags, flagfiles, startup
 from tfmnist.cli.messages import as_flags
@@ -165,13 +165,9 @@ def export_checkpoint(config, checkpoint):
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  if not flags.FLAGS["verbosity"].present:  # Library INFO chatter hides the progress bar.
-    logging.set_verbosity(logging.WARNING)
   for warning in flagfiles.overridden(sys.argv, flags.FLAGS):
     print(f"train: warning: {warning}", file=sys.stderr)
-  startup.load_tensorflow()
+  startup.begin(argv, "train")
   from tfmnist.training import config as config_lib  # pylint: disable=g-import-not-at-top
   from tfmnist.training import loop  # pylint: disable=g-import-not-at-top
   try:
