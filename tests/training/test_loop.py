@@ -141,21 +141,6 @@ def test_mixed_precision_runs_with_finite_loss(tmp_path, records_dir, precision)
   assert final["val_count"] == 120
 
 
-def _dtypes_of(export_dir):
-  """The dtypes named by the nodes of a SavedModel's graph and functions."""
-  from tensorflow.core.protobuf import saved_model_pb2  # pylint: disable=g-import-not-at-top
-  saved = saved_model_pb2.SavedModel()
-  saved.ParseFromString((export_dir / "saved_model.pb").read_bytes())
-  graph = saved.meta_graphs[0].graph_def
-  nodes = list(graph.node) + [n for f in graph.library.function for n in f.node_def]
-  found = set()
-  for node in nodes:
-    for value in node.attr.values():
-      found.add(tf.as_dtype(value.type).name if value.type else None)
-      found.update(tf.as_dtype(t).name for t in value.list.type)
-  return found - {None}
-
-
 def test_a_mixed_precision_run_exports_a_model_that_computes_in_float32(tmp_path, records_dir):
   model_dir = tmp_path / "run"
   tfx.train_in_process(model_dir, records_dir, model="fast_cnn", precision="mixed_bfloat16",
@@ -163,7 +148,7 @@ def test_a_mixed_precision_run_exports_a_model_that_computes_in_float32(tmp_path
   config = config_lib.from_dict(run_dir.RunDir(model_dir).read_config(), str(model_dir))
   export_lib.export_checkpoint(config, "latest", str(tmp_path / "again"), list("0123456789"))
   for export_dir in (model_dir / "export", tmp_path / "again"):
-    dtypes = _dtypes_of(export_dir)
+    dtypes = export_lib.graph_dtypes(str(export_dir))
     assert "float32" in dtypes and "bfloat16" not in dtypes, (export_dir, dtypes)
   # The float32 export classifies as the bfloat16 model that trained does.
   _, images, _ = pipeline.read_labelled(records_dir, "mnist", "validation")

@@ -36,6 +36,7 @@ from tfmnist.data import pipeline, records
 from tfmnist.errors import DataError
 from tfmnist.progress import Progress
 from tfmnist.serving import inference
+from tfmnist.training import export as export_lib
 from tfmnist.training.choices import LITERT_VARIANTS as VARIANTS
 
 FOLDER = "litert"  # Inside the export folder: replaced with it by the next export.
@@ -63,27 +64,17 @@ def has_interpreter():
   return importlib.util.find_spec("ai_edge_litert") is not None
 
 
+def require_interpreter():
+  """Raises DataError, naming the extra to install, when LiteRT's interpreter is missing."""
+  if not has_interpreter():
+    raise DataError(f"LiteRT's interpreter (ai-edge-litert) is not installed: {INSTALL_HINT}")
+
+
 def _reexport_hint(export_dir):
   run = os.path.dirname(os.path.normpath(export_dir))
   return ("export it again: python -m tfmnist.train "
           f"--flagfile={os.path.join(run, 'flags.txt')} --export_checkpoint=latest "
           "(an ensemble: python -m tfmnist.predict ... --export_ensemble=DIR again)")
-
-
-def _dtypes(export_dir):
-  """The tensor dtypes the export's graph and functions name."""
-  from tensorflow.core.protobuf import saved_model_pb2  # pylint: disable=g-import-not-at-top
-  saved = saved_model_pb2.SavedModel()
-  with open(os.path.join(export_dir, "saved_model.pb"), "rb") as f:
-    saved.ParseFromString(f.read())
-  graph = saved.meta_graphs[0].graph_def
-  found = set()
-  for node in list(graph.node) + [n for f in graph.library.function for n in f.node_def]:
-    for value in node.attr.values():
-      if value.type:
-        found.add(tf.as_dtype(value.type).name)
-      found.update(tf.as_dtype(t).name for t in value.list.type)
-  return found
 
 
 def check_export(export_dir):
@@ -92,7 +83,7 @@ def check_export(export_dir):
   exports became float32), or it is not a tfmnist export."""
   if not run_dir.is_export(export_dir):
     raise DataError(f"{export_dir}: not a SavedModel folder")
-  reduced = sorted(_dtypes(export_dir) & {"bfloat16", "float16"})
+  reduced = sorted(export_lib.graph_dtypes(export_dir) & {"bfloat16", "float16"})
   if reduced:
     raise DataError(f"{export_dir}: the export computes in {reduced[0]}, which LiteRT's "
                     f"converter does not take; {_reexport_hint(export_dir)}")
@@ -193,8 +184,7 @@ def check(paths, images, labels, reference, threads=1, progress=None):
   Raises:
     DataError: LiteRT's interpreter is not installed, or it failed.
   """
-  if not has_interpreter():
-    raise DataError(f"LiteRT's interpreter (ai-edge-litert) is not installed: {INSTALL_HINT}")
+  require_interpreter()
   with tempfile.TemporaryDirectory(prefix="tfmnist-litert-") as tmp:
     data = os.path.join(tmp, "data.npz")
     np.savez(data, images=np.asarray(images, np.uint8), labels=np.asarray(labels),
@@ -329,8 +319,7 @@ def convert_model(config):
     DataError, ValueError: one line saying what is wrong, with nothing written.
   """
   variants = check_variants(config.variants)
-  if not has_interpreter():  # Before any work: the check needs it.
-    raise DataError(f"LiteRT's interpreter (ai-edge-litert) is not installed: {INSTALL_HINT}")
+  require_interpreter()  # Before any work: the check needs it.
   export_dir = export_dir_of(config.model_dir)
   settings = inference.run_settings(config.model_dir)
   dataset = config.dataset or settings.dataset

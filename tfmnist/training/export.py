@@ -150,6 +150,22 @@ def export(models, class_names, export_dir, manifest=None, temperature=1.0):
 # ----------------------------------------------------------------------------
 
 
+def graph_dtypes(export_dir):
+  """The names of the tensor dtypes that an export's graph and functions use."""
+  from tensorflow.core.protobuf import saved_model_pb2  # pylint: disable=g-import-not-at-top
+  saved = saved_model_pb2.SavedModel()
+  with open(os.path.join(export_dir, "saved_model.pb"), "rb") as f:
+    saved.ParseFromString(f.read())
+  graph = saved.meta_graphs[0].graph_def
+  found = set()
+  for node in list(graph.node) + [n for f in graph.library.function for n in f.node_def]:
+    for value in node.attr.values():
+      if value.type:
+        found.add(tf.as_dtype(value.type).name)
+      found.update(tf.as_dtype(t).name for t in value.list.type)
+  return found
+
+
 def checkpoint_path(model_dir, checkpoint):
   """The checkpoint prefix that "latest", "best" or a path names in a run folder.
 
