@@ -470,7 +470,7 @@ def test_shipped_flagfiles_parse_and_build_their_models():
   assert by_name["kaggle.flags"]["params"] == 887_530
   assert by_name["fashion.flags"]["dataset"] == "fashion_mnist"
   assert by_name["kannada.flags"]["dataset"] == "kannada_mnist"
-  assert by_name["noisy.flags"]["noise"] == [0.5, 0.5]  # The task's noise, on half the images.
+  assert by_name["noisy.flags"]["noise"] == [0.5, 0.9]  # The task's noise, on 90% of the images.
 
 
 def test_refit_flags_reach_the_config_and_clash_in_one_line(tmp_path, records_dir):
