@@ -26,9 +26,10 @@ pytestmark = pytest.mark.slow
 STEPS_PER_EPOCH = 15  # 480 train images / global batch 32.
 TOTAL_STEPS = 2 * STEPS_PER_EPOCH
 # The reference run: deterministic mlp (dropout 0.2) with augmentation, a
+# weight average still in its warmup (so its decay depends on the step), and a
 # checkpoint every 5 steps.
 REFERENCE_FLAGS = ("--checkpoint_every_steps=5", "--rotation_degrees=10", "--zoom=0.1",
-                   "--shift_x=0.1", "--shift_y=0.1", "--seed=3")
+                   "--shift_x=0.1", "--shift_y=0.1", "--ema_decay=0.99", "--seed=3")
 MIRRORED_FLAGS = ("--strategy=mirrored", "--num_virtual_devices=2")
 SECONDS_PER_LOOP = 1.0  # Slows the signalled runs so the signal lands mid-run.
 
@@ -274,7 +275,9 @@ def test_resumed_run_equals_an_uninterrupted_run(runs):
       rf"tfmnist.evaluate --model_dir={re.escape(runs.model_dir('resume'))}",
       second.stdout.splitlines()[-1]), second.stdout
   assert _metrics(runs.model_dir("resume"))["step"] == TOTAL_STEPS
-  tfx.assert_identical(_checkpoint(runs, "reference"), _checkpoint(runs, "resume"))
+  resumed = _checkpoint(runs, "resume")
+  assert any("weight_average" in name for name in resumed), sorted(resumed)
+  tfx.assert_identical(_checkpoint(runs, "reference"), resumed)
 
 
 def test_sigkill_then_rerun_equals_an_uninterrupted_run(runs):

@@ -405,8 +405,22 @@ def test_weight_average_update_formula():
   variable = tf.Variable([1.0, 2.0])
   average = optim.WeightAverage([variable], decay=0.75)
   variable.assign([5.0, 6.0])
-  average.update([variable])
+  average.update([variable], step=1000)  # Past the warmup: the decay as given.
   np.testing.assert_allclose(average.averages[0].numpy(), [2.0, 3.0])
+
+
+def test_weight_average_decay_warms_up():
+  """The first updates forget the initial weights fast; the decay reaches its
+  set value at (1 + n) / (10 + n) = decay and stays there."""
+  variable = tf.Variable([1.0])
+  average = optim.WeightAverage([variable], decay=0.999)
+  variable.assign([11.0])
+  average.update([variable], step=0)  # decay 1/10
+  np.testing.assert_allclose(average.averages[0].numpy(), [10.0], rtol=1e-6)
+  decays = [float(average.decay_at(n)) for n in (0, 1, 8, 8000, 9000, 10**6)]
+  np.testing.assert_allclose(decays[:3], [0.1, 2 / 11, 0.5], rtol=1e-6)
+  assert decays[3] < 0.999 and decays == sorted(decays)
+  np.testing.assert_allclose(decays[4:], [0.999, 0.999], rtol=1e-6)
 
 
 @pytest.mark.parametrize("precision", ["float32", "mixed_float16"])

@@ -66,7 +66,7 @@ def make_train_loop(config, run, per_replica_batch_size):
       grads = clip(grads)
     optimizer.apply_gradients(zip(grads, model.trainable_variables))
     if run.weight_average is not None:
-      run.weight_average.update(model.variables)
+      run.weight_average.update(model.variables, step)
     run.train_loss.update_state(per_example)
     run.train_accuracy.update_state(labels, logits)
     return loss
