@@ -290,7 +290,9 @@ def test_records_split_is_printed(setup):
   assert [int(r[2]) for r in rows] == probabilities.argmax(-1).tolist()
   np.testing.assert_allclose([float(r[3]) for r in rows], probabilities.max(-1), atol=2e-6)
   accuracy = np.mean(probabilities.argmax(-1) == labels)
-  assert f"accuracy {accuracy:.4%} against the input's labels" in result.stderr
+  loss = np.mean(-np.log(np.maximum(probabilities[np.arange(len(labels)), labels], 1e-7)))
+  assert (f"accuracy {accuracy:.4%}, log loss {loss:.4f} against the input's labels"
+          in result.stderr)
   assert f"predicting: [{'#' * 24}] {tfx.NUM_TEST}/{tfx.NUM_TEST} " in result.stderr
 
 

@@ -22,6 +22,7 @@ import sys
 from absl import app, flags
 import numpy as np
 
+from tfmnist import metrics
 from tfmnist.cli import startup
 from tfmnist.errors import DataError
 from tfmnist.progress import Progress
@@ -174,8 +175,10 @@ def main(argv):
     sys.exit(f"predict: error: {e}")
   summary = f"{len(body)} predictions from {len(model.members)} model(s)"
   if inputs.labels is not None:
+    # Log loss tells apart models whose accuracies tie: it scores every image.
     accuracy = float(np.mean(np.argmax(probabilities, -1) == inputs.labels))
-    summary += f"; accuracy {accuracy:.4%} against the input's labels"
+    loss = metrics.log_loss(inputs.labels, probabilities)
+    summary += f"; accuracy {accuracy:.4%}, log loss {loss:.4f} against the input's labels"
   if _OUTPUT.value:
     summary += f"; written to {_OUTPUT.value}"
   print(summary, file=sys.stderr if not _OUTPUT.value else sys.stdout)
