@@ -100,7 +100,7 @@ def setup(request, tmp_path_factory):
     json.dump({**manifest, "train_splits": ["train", "validation"]}, f)
   s.refused_export = str(root / "refused_export")
   s.out = {name: root / f"out_{name}" for name in ("digit", "kannada", "bad_csv", "bad_image",
-                                                   "no_model")}
+                                                   "no_model", "weighted", "bad_weights")}
   for folder in s.out.values():
     folder.mkdir()
   model = f"--model_dir={run_dir}"
@@ -111,6 +111,12 @@ def setup(request, tmp_path_factory):
       # Two models, one named by a glob, predicting the photos.
       "ensemble": [model, f"--model_dir={root / 'members' / 'run_*'}", f"--input={photos}",
                    f"--export_ensemble={s.ensemble_export}"],
+      # The same two, the first with three times the second's weight, on labelled records.
+      "weighted": [model, f"--model_dir={root / 'members' / 'run_*'}", "--weights=3,1",
+                   f"--input={os.path.join(records_dir, 'mnist')}", "--split=test",
+                   f"--output={s.out['weighted']}/pred.csv"],
+      "bad_weights": [model, f"--model_dir={root / 'members' / 'run_*'}", "--weights=1",
+                      f"--input={s.digit_csv}", f"--output={s.out['bad_weights']}/sub.csv"],
       "bad_csv": [model, f"--input={s.bad_csv}", f"--output={s.out['bad_csv']}/sub.csv"],
       "bad_image": [model, f"--input={bad_photos}",
                     f"--output={s.out['bad_image']}/sub.csv"],
@@ -367,6 +373,30 @@ def test_two_model_dirs_make_an_ensemble(setup):
                              setup.ensemble.predict(setup.digit_images), atol=1e-5)
   with open(os.path.join(setup.ensemble_export, "assets", export.CLASS_NAMES_FILE)) as f:
     assert f.read().splitlines() == setup.predictor.class_names
+
+
+@pytest.mark.slow
+def test_weights_weigh_the_ensemble(setup):
+  """--weights=3,1: each row and the printed accuracy come from 3/4 of one model plus 1/4 of
+  the other, and the summary says so."""
+  result = tfx.check(_result(setup, "weighted"))
+  examples = pipeline.read_examples(records.split_files(setup.records_dir, "mnist", "test"))
+  images, labels = examples.image.numpy(), examples.label.numpy()
+  expected = 0.75 * setup.predictor.predict(images) + 0.25 * setup.member.predict(images)
+  rows = _read_csv(os.path.join(setup.out["weighted"], "pred.csv"))[1:]
+  assert [int(r[2]) for r in rows] == expected.argmax(-1).tolist()
+  np.testing.assert_allclose([float(r[3]) for r in rows], expected.max(-1), atol=2e-6)
+  assert np.abs(setup.ensemble.predict(images).max(-1) - expected.max(-1)).max() > 1e-3
+  loss = metrics.log_loss(labels, expected)
+  assert (f"from 2 model(s) weighted 0.75, 0.25; accuracy "
+          f"{np.mean(expected.argmax(-1) == labels):.4%}, log loss {loss:.4f}") in result.stdout
+
+
+@pytest.mark.slow
+def test_one_weight_for_two_models(setup):
+  """A weight count that is not the folder count: one-line error, no output written."""
+  _assert_one_line_error(_result(setup, "bad_weights"), "1 weights for 2 model(s)")
+  assert os.listdir(setup.out["bad_weights"]) == []
 
 
 @pytest.mark.slow

@@ -203,6 +203,52 @@ def test_ensemble_averages_its_members(trained):
     inference.Ensemble([])
 
 
+def test_weighted_ensemble_and_its_export(trained, tmp_path):
+  """Weights scale to shares of the average; nested ensembles pass theirs down; the export
+  serves the same weighted average and its manifest records the shares."""
+  other = trained.other.predict(trained.images)
+  ensemble = inference.Ensemble([trained.predictor, trained.other],
+                                inference.ensemble_settings([trained.run_dir]), weights=[3, 1])
+  assert ensemble.weights == [0.75, 0.25]
+  expected = 0.75 * trained.probabilities + 0.25 * other
+  probabilities = ensemble.predict(trained.images)
+  np.testing.assert_allclose(probabilities, expected, atol=1e-6)
+  assert np.abs(probabilities - (trained.probabilities + other) / 2).max() > 1e-3
+  nested = inference.Ensemble([ensemble, trained.predictor], weights=[2, 2])
+  assert nested.weights == [0.375, 0.125, 0.5]
+  np.testing.assert_allclose(nested.predict(trained.images),
+                             0.875 * trained.probabilities + 0.125 * other, atol=1e-6)
+  destination = str(tmp_path / "weighted")
+  ensemble.export(destination)
+  served = tf.saved_model.load(destination).signatures["serving_nhw"](
+      images=tf.constant(trained.images))
+  np.testing.assert_allclose(served["probabilities"].numpy(), expected, atol=1e-5)
+  with open(os.path.join(destination, "manifest.json")) as f:
+    assert json.load(f)["weights"] == [0.75, 0.25]
+  # Equal weights are the plain mean, and the manifest does not list them.
+  equal = inference.Ensemble([trained.predictor, trained.other],
+                             inference.ensemble_settings([trained.run_dir]), weights=[5, 5])
+  np.testing.assert_allclose(equal.predict(trained.images),
+                             (trained.probabilities + other) / 2, atol=1e-6)
+  equal.export(str(tmp_path / "equal"))
+  with open(tmp_path / "equal" / "manifest.json") as f:
+    assert "weights" not in json.load(f)
+
+
+@pytest.mark.parametrize("weights, message", [
+    ([1], "1 weights for 2 model"),
+    ([1, 2, 3], "3 weights for 2 model"),
+    ([1, 0], "positive and finite"),
+    ([1, -1], "positive and finite"),
+    ([1, float("nan")], "positive and finite"),
+    ([1, float("inf")], "positive and finite"),
+    (["1", "heavy"], "must be numbers"),
+])
+def test_bad_weights_are_refused(trained, weights, message):
+  with pytest.raises(ValueError, match=message):
+    inference.Ensemble([trained.predictor, trained.other], weights=weights)
+
+
 def test_ensemble_of_different_class_names_is_a_data_error(trained, tmp_path):
   """Members must predict the same classes; the error names the odd member."""
   letters = inference.ExportedModel(tfx.random_export(tmp_path / "letters", LETTERS))

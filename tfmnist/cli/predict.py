@@ -9,6 +9,7 @@ Inputs:
                          made MNIST-like (grayscale, ink white on black, cropped,
                          20x20 in a 28x28 frame centred by mass).
 Several --model_dir values (or globs) average their probabilities;
+--weights=3,1,1 weighs them (one number per run folder, in order);
 --export_ensemble=DIR saves them as one SavedModel with the same signatures.
 --calibrate_split=validation fits a temperature on a split the models did
 not learn from, so that their probabilities say how often they are right.
@@ -39,6 +40,9 @@ _SPLIT = flags.DEFINE_string("split", "test", "Split to predict when --input is 
 _CHECKPOINT = flags.DEFINE_string(
     "checkpoint", "", "Use this checkpoint of each run ('latest', 'best' or a path) "
     "instead of its export.")
+_WEIGHTS = flags.DEFINE_list(
+    "weights", [], "Each run folder's share of the ensemble's average, one positive number "
+    "per folder in the order named (a glob's matches sorted); empty: equal shares.")
 _TTA = flags.DEFINE_bool("tta", False, "Average over one-pixel shifts, and mirror images for "
                          "records of non-digit datasets (test-time augmentation).")
 _EXPORT_ENSEMBLE = flags.DEFINE_string(
@@ -151,8 +155,10 @@ def main(argv):
   from tfmnist.serving import inference  # pylint: disable=g-import-not-at-top
   try:
     model_dirs = inference.expand_model_dirs(_MODEL_DIRS.value)
+    weights = _WEIGHTS.value or None
+    inference.check_weights(weights, len(model_dirs))  # Before loading any model.
     model = inference.Ensemble([inference.load(d, _CHECKPOINT.value) for d in model_dirs],
-                               inference.ensemble_settings(model_dirs))
+                               inference.ensemble_settings(model_dirs), weights)
     if _CALIBRATE.value:
       calibrate(model, _CALIBRATE.value, _BATCH.value)
     if _EXPORT_ENSEMBLE.value:
@@ -174,6 +180,8 @@ def main(argv):
   except (DataError, ValueError) as e:
     sys.exit(f"predict: error: {e}")
   summary = f"{len(body)} predictions from {len(model.members)} model(s)"
+  if _WEIGHTS.value:
+    summary += " weighted " + ", ".join(f"{w:.4g}" for w in model.weights)
   if inputs.labels is not None:
     # Log loss tells apart models whose accuracies tie: it scores every image.
     accuracy = float(np.mean(np.argmax(probabilities, -1) == inputs.labels))

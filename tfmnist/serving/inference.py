@@ -56,10 +56,12 @@ class Predictor:
     class_names: names in label order.
     source: what the predictions come from, for reports (a folder, or several).
     members: the exported models averaged (a single model is its own member).
+    weights: each member's share of the average, summing to 1.
   """
   class_names: list
   source: str
   members: list
+  weights: list
 
   @property
   def num_classes(self):
@@ -110,6 +112,7 @@ class ExportedModel(Predictor):
       self.class_names = [line.rstrip("\n") for line in f]
     self.source = source or export_dir
     self.members = [self]
+    self.weights = [1.0]
 
   def predict(self, images, batch_size=1000, tta=False, mirror=False):
     images = _as_batch(images)
@@ -240,12 +243,37 @@ def expand_model_dirs(patterns):
   return found
 
 
+def check_weights(weights, count):
+  """`weights` (None: all equal) for `count` models, scaled to sum to 1.
+
+  Raises:
+    ValueError: not one positive finite number per model.
+  """
+  if weights is None:
+    return [1.0 / count] * count
+  try:
+    weights = [float(w) for w in weights]
+  except (TypeError, ValueError):
+    raise ValueError(f"weights must be numbers, got {list(weights)}") from None
+  if len(weights) != count:
+    raise ValueError(f"{len(weights)} weights for {count} model(s); give one per run folder, "
+                     "in the order the folders are named (a glob's matches sorted)")
+  if not all(np.isfinite(w) and w > 0 for w in weights):
+    raise ValueError(f"weights must be positive and finite, got {weights}")
+  total = sum(weights)
+  return [w / total for w in weights]
+
+
 class Ensemble(Predictor):
   """Predictors whose probabilities are averaged; one member is a plain model.
 
   Args:
     predictors: the ExportedModels averaged (at least one, all with the same classes).
     settings: RunSettings the ensemble's export records in its manifest.
+    weights: one positive number per predictor, its share of the average
+      (scaled to sum to 1); None weights them equally. A predictor that is
+      itself an Ensemble shares its weight among its members as its own
+      weights say.
 
   Attributes:
     temperature: divides the log of the averaged probabilities (temperature
@@ -253,15 +281,17 @@ class Ensemble(Predictor):
     calibrated_on: what the temperature was fitted on, "" when it was not.
   """
 
-  def __init__(self, predictors, settings=None):
+  def __init__(self, predictors, settings=None, weights=None):
     if not predictors:
       raise ValueError("an ensemble needs at least one model")
+    shares = check_weights(weights, len(predictors))
     names = predictors[0].class_names
     for p in predictors[1:]:
       if p.class_names != names:
         raise DataError(f"{p.source}: classes {p.class_names} differ from "
                         f"{predictors[0].source}'s {names}")
     self.members = [m for p in predictors for m in p.members]
+    self.weights = [share * w for p, share in zip(predictors, shares) for w in p.weights]
     self.class_names = names
     self.source = ", ".join(m.source for m in self.members)
     self.settings = settings
@@ -274,20 +304,23 @@ class Ensemble(Predictor):
     With settings, its manifest.json names the dataset, records folder and
     training splits, so that evaluation needs no dataset name for it.
     """
+    weights = self.weights if len(set(self.weights)) > 1 else None  # None: a plain mean.
     manifest = None
     if self.settings:
       manifest = {**self.settings._asdict(), "members": [m.source for m in self.members]}
+      if weights:
+        manifest["weights"] = weights
       if self.calibrated_on:
         manifest.update(temperature=self.temperature, calibrated_on=self.calibrated_on)
     export.export([m.loaded for m in self.members], self.class_names, destination, manifest,
-                  self.temperature)
+                  self.temperature, weights)
     return destination
 
   def average(self, images, batch_size=1000, tta=False, mirror=False):
-    """The members' mean probabilities, before any temperature."""
-    total = sum(m.predict(images, batch_size, tta, mirror).astype(np.float64)
-                for m in self.members)
-    return (total / len(self.members)).astype(np.float32)
+    """The members' weighted mean probabilities, before any temperature."""
+    total = sum(w * m.predict(images, batch_size, tta, mirror).astype(np.float64)
+                for m, w in zip(self.members, self.weights))
+    return total.astype(np.float32)
 
   def predict(self, images, batch_size=1000, tta=False, mirror=False):
     average = self.average(images, batch_size, tta, mirror)

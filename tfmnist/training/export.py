@@ -56,10 +56,12 @@ class ServingModule(tf.Module):
   exported runs).
   """
 
-  def __init__(self, models, class_names_path, temperature=1.0):
+  def __init__(self, models, class_names_path, temperature=1.0, weights=None):
     super().__init__(name="tfmnist")
     self.models = list(models)
     self.temperature = float(temperature)
+    # Python floats: they go into the graph as constants, not as variables.
+    self.weights = None if weights is None else [float(w) for w in weights]
     self.class_names_file = tf.saved_model.Asset(class_names_path)
     with open(class_names_path) as f:
       self.class_names = tf.constant([line.rstrip("\n") for line in f])
@@ -84,8 +86,11 @@ class ServingModule(tf.Module):
     return self._combined([_probabilities_of_pixels(m, pixel_values) for m in self.models])
 
   def _combined(self, probabilities):
-    """The members' mean probabilities, temperature-scaled when a temperature was fitted."""
-    mean = tf.add_n(probabilities) / len(probabilities)
+    """The members' (weighted) mean probabilities, temperature-scaled when one was fitted."""
+    if self.weights is None:
+      mean = tf.add_n(probabilities) / len(probabilities)
+    else:
+      mean = tf.add_n([w * p for w, p in zip(self.weights, probabilities)])
     if self.temperature != 1.0:  # Temperature scaling, as metrics.apply_temperature.
       mean = tf.nn.softmax(tf.math.log(tf.maximum(mean, 1e-30)) / self.temperature)
     return mean
@@ -115,7 +120,7 @@ def _checked(images, shape, other):
     return tf.identity(images)
 
 
-def export(models, class_names, export_dir, manifest=None, temperature=1.0):
+def export(models, class_names, export_dir, manifest=None, temperature=1.0, weights=None):
   """Writes the SavedModel to `export_dir` atomically (temporary folder, rename).
 
   Args:
@@ -127,6 +132,7 @@ def export(models, class_names, export_dir, manifest=None, temperature=1.0):
       ensemble's settings), or None.
     temperature: divides the log of the averaged probabilities before a
       softmax (temperature scaling); 1 leaves them as they are.
+    weights: each model's share of the average (summing to 1); None: equal.
   """
   if not isinstance(models, (list, tuple)):
     models = [models]
@@ -135,7 +141,7 @@ def export(models, class_names, export_dir, manifest=None, temperature=1.0):
     os.makedirs(os.path.dirname(names_path))
     with open(names_path, "w") as f:
       f.write("".join(f"{name}\n" for name in class_names))
-    module = ServingModule(models, names_path, temperature)
+    module = ServingModule(models, names_path, temperature, weights)
     tf.saved_model.save(module, tmp, signatures={"serving_default": module.serve,
                                                   "serving_nhw": module.serve_nhw})
     shutil.rmtree(os.path.dirname(names_path))
