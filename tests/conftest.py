@@ -15,7 +15,9 @@ import types
 
 import numpy as np
 import pytest
-import tensorflow as tf
+
+import tfmnist  # pylint: disable=unused-import  # before TensorFlow, as the commands load it
+import tensorflow as tf  # pylint: disable=g-import-not-at-top
 
 from tfmnist.data import prepare
 

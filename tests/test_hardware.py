@@ -1,4 +1,8 @@
-"""Tests of tfmnist.hardware: the precision `--precision=auto` chooses, and the CPU's name."""
+"""Tests of tfmnist.hardware: the precision `--precision=auto` chooses, the CPU's name, and its kernels."""
+
+import os
+import subprocess
+import sys
 
 import pytest
 
@@ -81,3 +85,31 @@ def test_this_cpu_is_read_from_proc_cpuinfo():
 def test_cpu_label_says_whether_bfloat16_is_native():
   assert hardware.cpu_label(EPYC_BF16).endswith("(AVX-512, with native bfloat16)")
   assert hardware.cpu_label(EPYC_AVX2).endswith("(AVX2, without native bfloat16)")
+
+
+@pytest.mark.parametrize("preset,expected", [(None, "1"), ("0", "0"), ("1", "1")])
+def test_importing_tfmnist_turns_on_onednn_unless_the_user_chose(monkeypatch, preset, expected):
+  import importlib  # pylint: disable=g-import-not-at-top
+  import tfmnist  # pylint: disable=g-import-not-at-top
+  if preset is None:
+    monkeypatch.delenv("TF_ENABLE_ONEDNN_OPTS", raising=False)
+  else:
+    monkeypatch.setenv("TF_ENABLE_ONEDNN_OPTS", preset)
+  importlib.reload(tfmnist)
+  assert os.environ["TF_ENABLE_ONEDNN_OPTS"] == expected
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("preset,on", [(None, True), ("0", False)])
+def test_tensorflow_loaded_after_tfmnist_runs_onednn_kernels(preset, on):
+  # TensorFlow logs this line at start-up when its oneDNN kernels are on; on
+  # an AVX2-only CPU it leaves them off unless tfmnist asked for them.
+  env = {k: v for k, v in os.environ.items()
+         if k not in ("TF_ENABLE_ONEDNN_OPTS", "TF_CPP_MIN_LOG_LEVEL", "TFMNIST_TF_LOGS")}
+  env["TF_CPP_MIN_LOG_LEVEL"] = "0"
+  if preset is not None:
+    env["TF_ENABLE_ONEDNN_OPTS"] = preset
+  result = subprocess.run(
+      [sys.executable, "-c", "import tfmnist, tensorflow as tf; tf.constant(1.0) + 1.0"],
+      capture_output=True, text=True, timeout=120, env=env, check=True)
+  assert ("oneDNN custom operations are on" in result.stderr) == on

@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 
+import tfmnist  # pylint: disable=unused-import  # first: it sets TensorFlow's CPU kernels
 import keras
 import tensorflow as tf
 

@@ -20,6 +20,7 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+import tfmnist  # pylint: disable=g-import-not-at-top,unused-import  # first: it sets TensorFlow's CPU kernels
 from absl import app, flags, logging  # pylint: disable=g-import-not-at-top
 import keras  # pylint: disable=g-import-not-at-top
 import tensorflow as tf  # pylint: disable=g-import-not-at-top

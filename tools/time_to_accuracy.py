@@ -21,6 +21,7 @@ import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+import tfmnist  # pylint: disable=g-import-not-at-top,unused-import  # first: it sets TensorFlow's CPU kernels
 from absl import app, flags, logging  # pylint: disable=g-import-not-at-top
 import numpy as np  # pylint: disable=g-import-not-at-top
 import tensorflow as tf  # pylint: disable=g-import-not-at-top
