@@ -113,3 +113,10 @@ def test_tensorflow_loaded_after_tfmnist_runs_onednn_kernels(preset, on):
       [sys.executable, "-c", "import tfmnist, tensorflow as tf; tf.constant(1.0) + 1.0"],
       capture_output=True, text=True, timeout=120, env=env, check=True)
   assert ("oneDNN custom operations are on" in result.stderr) == on
+
+
+@pytest.mark.parametrize("environ,kernels", [
+    ({}, "unset"), ({"TF_ENABLE_ONEDNN_OPTS": "1"}, "on"), ({"TF_ENABLE_ONEDNN_OPTS": "0"}, "off"),
+    ({"TF_ENABLE_ONEDNN_OPTS": "False"}, "off"), ({"TF_ENABLE_ONEDNN_OPTS": "true"}, "on")])
+def test_onednn_kernels_read_the_variable_tensorflow_reads(environ, kernels):
+  assert hardware.onednn_kernels(environ) == kernels

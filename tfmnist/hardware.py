@@ -95,6 +95,19 @@ def cpu_label(flags=None):
   return f"{cpu['model']} ({cpu['vector_isa'] or 'no AVX'}, {bf16} native bfloat16)"
 
 
+def onednn_kernels(environ=None):
+  """'on', 'off' or 'unset': TensorFlow's oneDNN CPU kernels, as TF_ENABLE_ONEDNN_OPTS sets them.
+
+  Importing tfmnist sets the variable to 1 unless it is set, so 'unset' (the
+  kernels are what TensorFlow chooses for the CPU) shows only where
+  TensorFlow was loaded without tfmnist's package first.
+  """
+  value = (os.environ if environ is None else environ).get("TF_ENABLE_ONEDNN_OPTS")
+  if value is None:
+    return "unset"
+  return "off" if value.strip().lower() in ("0", "false") else "on"
+
+
 def detect(strategy=None):
   """The Machine this process runs on (GPUs and TPUs as TensorFlow sees them)."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top

@@ -200,6 +200,8 @@ def markdown(results):
   cpu = m.get("cpu_label", m["cpu"])
   auto = (f" `--precision=auto` chooses {m['auto_precision']} here."
           if "auto_precision" in m else "")
+  if "onednn" in m:
+    auto += f" TensorFlow's oneDNN kernels: {m['onednn']}."
   lines = [f"Measured with `{results['command']}` on {cpu} ({m['cores']} cores"
            f"{', GPUs: ' + ', '.join(m['gpus']) if m['gpus'] else ', no GPU'}), "
            f"TensorFlow {m['tensorflow']}, Python {m['python']}.{auto} Each cell is the "
@@ -277,5 +279,6 @@ def machine():
   return {"cpu": cpu["model"], "cpu_vector_isa": cpu["vector_isa"], "cpu_bf16": cpu["bf16"],
           "cpu_label": hardware.cpu_label(), "cores": os.cpu_count(), "gpus": gpus,
           "auto_precision": policy, "auto_precision_reason": reason,
+          "onednn": hardware.onednn_kernels(),
           "tensorflow": tf.__version__, "python": sys.version.split()[0],
           "platform": platform.platform()}

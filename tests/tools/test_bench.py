@@ -90,6 +90,7 @@ def test_machine_names_the_cpu_its_bfloat16_and_the_auto_precision():
   native = facts["cpu_bf16"] != "none"
   assert facts["cpu_label"].endswith(f"{'with' if native else 'without'} native bfloat16)")
   assert (facts["auto_precision"] == "mixed_bfloat16") == native
+  assert facts["onednn"] == hardware.onednn_kernels()
 
 
 def test_markdown_writes_each_figure_as_median_and_range():
@@ -103,10 +104,10 @@ def test_markdown_writes_each_figure_as_median_and_range():
   text = bench.markdown(results)
   assert "Test CPU (2 cores, no GPU)" in text
   results["machine"].update(cpu_label="Test CPU (AVX2, without native bfloat16)",
-                            auto_precision="float32")
+                            auto_precision="float32", onednn="off")
   text = bench.markdown(results)
   assert "Test CPU (AVX2, without native bfloat16) (2 cores, no GPU)" in text
-  assert "`--precision=auto` chooses float32 here" in text
+  assert "`--precision=auto` chooses float32 here. TensorFlow's oneDNN kernels: off." in text
   assert "| idx (IDX) | 70,000 | 10.0 (9.0-12.5) | 4.5 (4.0-5.0) |" in text
   assert "### Training throughput" not in text  # Only the sections that ran.
 
