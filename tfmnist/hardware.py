@@ -105,7 +105,7 @@ def onednn_kernels(environ=None):
   value = (os.environ if environ is None else environ).get("TF_ENABLE_ONEDNN_OPTS")
   if value is None:
     return "unset"
-  return "off" if value.strip().lower() in ("0", "false") else "on"
+  return "off" if value.lower() in ("0", "false") else "on"
 
 
 def detect(strategy=None):
@@ -144,7 +144,7 @@ def choose_precision(machine):
   if not bf16:
     return "float32", (f"{machine.cpu} has no AVX-512 BF16 or AMX, so bfloat16 would be "
                        "converted in software (slower than float32)")
-  if machine.getenv("TF_ENABLE_ONEDNN_OPTS").lower() in ("0", "false"):
+  if onednn_kernels(dict(machine.env)) == "off":
     return "float32", (f"{machine.cpu} has {bf16}, but TF_ENABLE_ONEDNN_OPTS=0 turns off "
                        "the oneDNN kernels that use it")
   isa = machine.getenv("ONEDNN_MAX_CPU_ISA").upper()
