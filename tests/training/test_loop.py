@@ -200,6 +200,29 @@ def test_loops_are_traced_once(tmp_path, records_dir, monkeypatch):
   assert traced["make_eval_fn"].experimental_get_tracing_count() == 1
 
 
+def test_autograph_converts_no_tfmnist_function(tmp_path, records_dir, monkeypatch):
+  # Tracing with autograph rewrote the source of the step, the augmentation
+  # and the model at every start (about 3 s of a one-epoch run). The
+  # transpiler is TensorFlow's internal one: every conversion passes it.
+  from tensorflow.python.autograph.pyct import transpiler  # pylint: disable=g-import-not-at-top
+  converted = []
+  transform = transpiler.PyToPy.transform
+
+  def recording(self, obj, user_context):
+    converted.append(f"{getattr(obj, '__module__', '')}.{getattr(obj, '__qualname__', obj)}")
+    return transform(self, obj, user_context)
+
+  monkeypatch.setattr(transpiler.PyToPy, "transform", recording)
+  augment = augment_lib.AugmentConfig(rotation_degrees=10, shift_x=0.1, noise_factor=0.1,
+                                      erase_probability=0.5)
+  final = tfx.train_in_process(tmp_path / "run", records_dir, augment=augment, export=True)
+  assert final["step"] == STEPS_PER_EPOCH
+  assert [name for name in converted if name.startswith("tfmnist")] == []
+  # The recorder sees tfmnist code that is traced with autograph on.
+  tf.function(pixels.normalize)(np.zeros([1, 28, 28, 1], np.uint8))
+  assert "tfmnist.data.pixels.normalize" in converted
+
+
 def test_sigterm_at_an_epoch_end_evaluates_that_epoch_first(tmp_path, records_dir,
                                                              monkeypatch, capsys):
   model_dir = str(tmp_path / "run")

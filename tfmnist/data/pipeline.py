@@ -16,6 +16,9 @@ by data (every worker reads all shards and keeps its rows), with a warning.
 
 Images stay uint8 until the train step; `pixels.normalize` turns them into
 floats there, in evaluation and in the exported model alike.
+
+The functions tf.data traces branch on Python values only, so autograph is
+told not to convert them (`do_not_convert`), as training.step explains.
 """
 
 import dataclasses
@@ -33,6 +36,7 @@ from tfmnist.errors import DataError
 _WHOLE_FILE = np.iinfo(np.int64).max
 
 
+@tf.autograph.experimental.do_not_convert
 def parse_batch(serialized):
   """Parses a batch of serialized examples into uint8 images and int32 labels.
 
@@ -75,7 +79,8 @@ def read_examples(files):
   # One element per file: interleaving records (block_length < shard size)
   # would mix the shards and break the file order.
   dataset = dataset.interleave(
-      lambda path: tf.data.TFRecordDataset(path).batch(_WHOLE_FILE),
+      tf.autograph.experimental.do_not_convert(
+          lambda path: tf.data.TFRecordDataset(path).batch(_WHOLE_FILE)),
       cycle_length=max(1, min(len(files), 8)), block_length=1,
       num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
   dataset = dataset.map(parse_batch, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
@@ -187,12 +192,14 @@ def train_dataset(examples, shard, seed, num_steps, start_step=0):
   per_replica = shard.per_replica_batch_size
   start_epoch, skip_steps = divmod(start_step, num_steps)
 
+  @tf.autograph.experimental.do_not_convert
   def epoch_rows(epoch):
     order = epoch_order(len(examples), seed, epoch)[:num_steps * shard.batch_rows]
     order = tf.reshape(order, [num_steps, shard.batch_rows])
     mine = order[:, shard.row_offset:shard.row_offset + shard.rows_per_batch]
     return tf.data.Dataset.from_tensor_slices(tf.reshape(mine, [-1, per_replica]))
 
+  @tf.autograph.experimental.do_not_convert
   def gather(rows):
     return {"image": tf.gather(images, rows), "label": tf.gather(labels, rows)}
 
@@ -227,6 +234,7 @@ def eval_dataset(examples, shard):
   mine = tf.reshape(mine, [-1, shard.per_replica_batch_size])
   images, labels, index = examples.image, examples.label, examples.index
 
+  @tf.autograph.experimental.do_not_convert
   def gather(rows):
     valid = rows < count
     safe = tf.minimum(rows, count - 1)

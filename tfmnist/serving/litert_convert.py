@@ -33,7 +33,8 @@ def pixels_function(loaded):
 
   A fixed batch of 1: microcontroller runtimes take static shapes only.
   """
-  @tf.function(input_signature=[tf.TensorSpec([1, 28, 28, 1], tf.float32, name="pixels")])
+  @tf.function(input_signature=[tf.TensorSpec([1, 28, 28, 1], tf.float32, name="pixels")],
+               autograph=False)
   def probabilities(pixel_values):
     return {"probabilities": loaded.probabilities_of_pixels(pixel_values)}
 

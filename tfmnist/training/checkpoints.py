@@ -152,7 +152,7 @@ class Preemption:
 def _make_request_count(strategy):
   """Traced sum over all replicas of each one's stop request (0 or 1)."""
 
-  @tf.function
+  @tf.function(autograph=False)
   def count(requested):
     per_replica = strategy.run(lambda: tf.identity(requested))
     return strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)

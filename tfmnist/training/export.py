@@ -66,7 +66,8 @@ class ServingModule(tf.Module):
     with open(class_names_path) as f:
       self.class_names = tf.constant([line.rstrip("\n") for line in f])
 
-  @tf.function(input_signature=[tf.TensorSpec([None, 28, 28, 1], tf.uint8, name="images")])
+  @tf.function(input_signature=[tf.TensorSpec([None, 28, 28, 1], tf.uint8, name="images")],
+               autograph=False)
   def serve(self, images):
     """Probabilities and classes of uint8 images [N, 28, 28, 1] (`serving_default`)."""
     images = _checked(images, (28, 28, 1), "serving_nhw takes [N, 28, 28]")
@@ -74,7 +75,8 @@ class ServingModule(tf.Module):
     return {"probabilities": probabilities,
             "classes": tf.argmax(probabilities, axis=-1)}
 
-  @tf.function(input_signature=[tf.TensorSpec([None, 28, 28, 1], tf.float32, name="pixels")])
+  @tf.function(input_signature=[tf.TensorSpec([None, 28, 28, 1], tf.float32, name="pixels")],
+               autograph=False)
   def probabilities_of_pixels(self, pixel_values):
     """Probabilities of float32 pixel values in [0, 255], [N, 28, 28, 1]: what LiteRT runs.
 
@@ -95,7 +97,8 @@ class ServingModule(tf.Module):
       mean = tf.nn.softmax(tf.math.log(tf.maximum(mean, 1e-30)) / self.temperature)
     return mean
 
-  @tf.function(input_signature=[tf.TensorSpec([None, 28, 28], tf.uint8, name="images")])
+  @tf.function(input_signature=[tf.TensorSpec([None, 28, 28], tf.uint8, name="images")],
+               autograph=False)
   def serve_nhw(self, images):
     """`serve` of uint8 images [N, 28, 28], without the channel axis (`serving_nhw`)."""
     images = _checked(images, (28, 28), "serving_default takes [N, 28, 28, 1]")
