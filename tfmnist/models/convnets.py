@@ -199,7 +199,7 @@ class FastCNNLite(Sequence):
   after every convolution. The channels of the two large activations set the
   cost of a CPU step (their convolutions and element-wise work), the last
   convolution's width sets little of it: on an AVX2-only CPU this network
-  trains 2.4x as many images/s as fast_cnn, and over 1.3 epochs with label
+  trains 2.3x as many images/s as fast_cnn, and over 1.3 epochs with label
   smoothing it reads as much of the validation split as fast_cnn does in one.
   """
 
