@@ -271,7 +271,7 @@ def test_a_file_that_is_not_an_image_says_so(browser, served, tmp_path):
 
 
 def _train_and_serve_real(real_mnist_dir, root):
-  """fast_cnn (fast.flags' recipe), trained half an epoch on the real MNIST subset, served."""
+  """fast_cnn (fast.flags' first recipe), trained half an epoch on the real MNIST subset, served."""
   prepare.make_records(prepare.PrepareConfig(
       dataset="mnist", source_dir=real_mnist_dir, output_dir=str(root / "records"),
       show_progress=False))
