@@ -184,14 +184,16 @@ class FastCNN(Sequence):
   ReLU, pooling) costs more than the convolutions' arithmetic.
   """
 
-  def __init__(self, num_classes):
-    layers = (conv_bn_relu(32, 5, 2, "same") + conv_bn_relu(64, 3) + [L.MaxPooling2D(2)] +
-              conv_bn_relu(128, 3) + [L.MaxPooling2D(2), L.Flatten(), _logits(num_classes)])
-    super().__init__(layers, name="fast_cnn")
+  def __init__(self, num_classes, filters=(32, 64, 128), name="fast_cnn"):
+    first, second, third = filters
+    layers = (conv_bn_relu(first, 5, 2, "same") + conv_bn_relu(second, 3) +
+              [L.MaxPooling2D(2)] + conv_bn_relu(third, 3) +
+              [L.MaxPooling2D(2), L.Flatten(), _logits(num_classes)])
+    super().__init__(layers, name=name)
 
 
 @register("fast_cnn_lite")
-class FastCNNLite(Sequence):
+class FastCNNLite(FastCNN):
   """fast_cnn with fewer channels where the activations are large: 50,242 parameters.
 
   Conv 24 5x5 stride 2 (28 -> 14), Conv 32 3x3 (14 -> 12), MaxPool (-> 6),
@@ -204,9 +206,7 @@ class FastCNNLite(Sequence):
   """
 
   def __init__(self, num_classes):
-    layers = (conv_bn_relu(24, 5, 2, "same") + conv_bn_relu(32, 3) + [L.MaxPooling2D(2)] +
-              conv_bn_relu(128, 3) + [L.MaxPooling2D(2), L.Flatten(), _logits(num_classes)])
-    super().__init__(layers, name="fast_cnn_lite")
+    super().__init__(num_classes, filters=(24, 32, 128), name="fast_cnn_lite")
 
 
 @register("fast_cnn4")
@@ -218,14 +218,16 @@ class FastCNN4(Sequence):
   after every convolution. It trains at about 70% of fast_cnn's images/s.
   """
 
-  def __init__(self, num_classes):
-    layers = (conv_bn_relu(32, 5, 2, "same") + conv_bn_relu(64, 3) + conv_bn_relu(64, 3) +
-              [L.MaxPooling2D(2)] + conv_bn_relu(128, 3) + [L.Flatten(), _logits(num_classes)])
-    super().__init__(layers, name="fast_cnn4")
+  def __init__(self, num_classes, filters=(32, 64, 64, 128), name="fast_cnn4"):
+    first, second, third, fourth = filters
+    layers = (conv_bn_relu(first, 5, 2, "same") + conv_bn_relu(second, 3) +
+              conv_bn_relu(third, 3) + [L.MaxPooling2D(2)] + conv_bn_relu(fourth, 3) +
+              [L.Flatten(), _logits(num_classes)])
+    super().__init__(layers, name=name)
 
 
 @register("fast_cnn4_lite")
-class FastCNN4Lite(Sequence):
+class FastCNN4Lite(FastCNN4):
   """fast_cnn4 with fast_cnn_lite's narrow large layers: 89,090 parameters.
 
   Conv 24 5x5 stride 2 (28 -> 14), Conv 32 3x3 (-> 12), Conv 48 3x3 (-> 10),
@@ -235,6 +237,4 @@ class FastCNN4Lite(Sequence):
   """
 
   def __init__(self, num_classes):
-    layers = (conv_bn_relu(24, 5, 2, "same") + conv_bn_relu(32, 3) + conv_bn_relu(48, 3) +
-              [L.MaxPooling2D(2)] + conv_bn_relu(128, 3) + [L.Flatten(), _logits(num_classes)])
-    super().__init__(layers, name="fast_cnn4_lite")
+    super().__init__(num_classes, filters=(24, 32, 48, 128), name="fast_cnn4_lite")
