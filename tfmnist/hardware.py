@@ -5,8 +5,11 @@ bfloat16 only where the hardware multiplies bfloat16 natively, float32
 everywhere else. A CPU without bfloat16 instructions converts every bfloat16
 value in software: `fast.flags` trained 1.7x slower in mixed bfloat16 than in
 float32 on an Intel Xeon with AVX-512 but no AVX-512 BF16, while an AMD EPYC
-with AVX-512 BF16 trained it 1.25x faster. `describe_cpu` also names the CPU
-next to every timing.
+with AVX-512 BF16 trained it 1.25x faster. The choice is per machine, not
+per network: on an Intel Xeon with AMX, networks whose convolutions have 24
+or 48 channels (fast_cnn_lite, fast_cnn4_lite) train slower in mixed bfloat16
+than in float32, since oneDNN's bfloat16 kernels work in blocks of 16
+channels. `describe_cpu` also names the CPU next to every timing.
 """
 
 import dataclasses
