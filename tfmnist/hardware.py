@@ -6,10 +6,10 @@ everywhere else. A CPU without bfloat16 instructions converts every bfloat16
 value in software: `fast.flags` trained 1.7x slower in mixed bfloat16 than in
 float32 on an Intel Xeon with AVX-512 but no AVX-512 BF16, while an AMD EPYC
 with AVX-512 BF16 trained it 1.25x faster. The choice is per machine, not
-per network: on an Intel Xeon with AMX, networks whose convolutions have 24
-or 48 channels (fast_cnn_lite, fast_cnn4_lite) train slower in mixed bfloat16
-than in float32, since oneDNN's bfloat16 kernels work in blocks of 16
-channels. `describe_cpu` also names the CPU next to every timing.
+per network: on an Intel Xeon with AMX, networks with a 24-channel
+convolution (fast_cnn_lite, fast_cnn4_lite) train slower in mixed bfloat16
+than in float32, while those whose channels are multiples of 16 (oneDNN's
+bfloat16 block) train as fast or faster. `describe_cpu` also names the CPU next to every timing.
 """
 
 import dataclasses
