@@ -1,6 +1,6 @@
 """Sequential networks: an MLP, LeNet-5, the seed LeNet, the Kaggle CNN, a deep
 BatchNorm net, and the small BatchNorm nets strided_bn, fast_cnn, fast_cnn_lite,
-fast_cnn4 and fast_cnn4_lite."""
+fast_cnn16, fast_cnn4, fast_cnn4_lite and fast_cnn4_16."""
 
 import keras
 
@@ -209,6 +209,23 @@ class FastCNNLite(FastCNN):
     super().__init__(num_classes, filters=(24, 32, 128), name="fast_cnn_lite")
 
 
+@register("fast_cnn16")
+class FastCNN16(FastCNN):
+  """fast_cnn_lite with 16 channels in its first layer: 47,706 parameters.
+
+  Conv 16 5x5 stride 2 (28 -> 14), Conv 32 3x3 (14 -> 12), MaxPool (-> 6),
+  Conv 128 3x3 (6 -> 4), MaxPool (-> 2), Dense classes; BatchNorm and ReLU
+  after every convolution. Every width is a multiple of 16, the channel block
+  of oneDNN's bfloat16 kernels: on an Intel Xeon with AMX fast_cnn_lite's 24
+  channels made mixed bfloat16 1.6x slower than float32, while this network
+  trains faster in mixed bfloat16 than in float32, and faster than
+  fast_cnn_lite in either.
+  """
+
+  def __init__(self, num_classes):
+    super().__init__(num_classes, filters=(16, 32, 128), name="fast_cnn16")
+
+
 @register("fast_cnn4")
 class FastCNN4(Sequence):
   """fast_cnn with a fourth convolution, for accuracy in minutes: 142,506 parameters.
@@ -238,3 +255,18 @@ class FastCNN4Lite(FastCNN4):
 
   def __init__(self, num_classes):
     super().__init__(num_classes, filters=(24, 32, 48, 128), name="fast_cnn4_lite")
+
+
+@register("fast_cnn4_16")
+class FastCNN416(FastCNN4):
+  """fast_cnn4_lite with 16 channels in its first layer: 86,554 parameters.
+
+  Conv 16 5x5 stride 2 (28 -> 14), Conv 32 3x3 (-> 12), Conv 48 3x3 (-> 10),
+  MaxPool (-> 5), Conv 128 3x3 (-> 3), Dense classes; BatchNorm and ReLU
+  after every convolution. Every width is a multiple of 16, so it trains
+  faster in mixed bfloat16 than in float32 on an Intel Xeon with AMX, where
+  fast_cnn4_lite's 24 channels made bfloat16 the slower of the two.
+  """
+
+  def __init__(self, num_classes):
+    super().__init__(num_classes, filters=(16, 32, 48, 128), name="fast_cnn4_16")
