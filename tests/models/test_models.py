@@ -161,8 +161,8 @@ def _randomise_batch_norms(model, seed=0):
 
 @pytest.mark.parametrize("policy,tolerance", [("float32", 1e-5), ("mixed_bfloat16", 0.05)],
                          indirect=["policy"])
-@pytest.mark.parametrize("name", ["strided_bn", "fast_cnn16", "fast_cnn4", "fast_cnn4_16",
-                                  "deep_cnn", "resnet", "m7"])
+@pytest.mark.parametrize("name", ["strided_bn", "fast_cnn_lite", "fast_cnn16", "fast_cnn4",
+                                  "fast_cnn4_lite", "fast_cnn4_16", "deep_cnn", "resnet", "m7"])
 def test_folded_inference_equals_the_plain_layers(name, policy, tolerance, monkeypatch):
   model = models.create(name, NUM_CLASSES)
   images = _images(4)
