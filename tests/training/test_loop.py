@@ -19,6 +19,7 @@ import train_fixtures as tfx
 from tfmnist import hardware, run_dir
 from tfmnist.data import augment as augment_lib
 from tfmnist.data import pipeline, pixels, records
+from tfmnist.models import batch_norm_statistics
 from tfmnist.training import checkpoints, optim, schedules, state
 from tfmnist.training import config as config_lib
 from tfmnist.training import export as export_lib
@@ -422,6 +423,79 @@ def test_weight_average_covers_batch_norm_statistics(tmp_path, records_dir):
   assert np.abs(averages[index] - raw[index]).max() > 0  # Statistics are averaged too.
   for value, before in zip([v.numpy() for v in run.model.variables], raw):
     np.testing.assert_array_equal(value, before)  # And the raw ones come back.
+
+
+def _batch_norm_statistics(model):
+  return [(layer.moving_mean.numpy(), layer.moving_variance.numpy())
+          for layer in batch_norm_statistics.batch_norm_layers(model)]
+
+
+def _train_images(records_dir):
+  return pipeline.read_examples(records.split_files(records_dir, "mnist", "train")).image
+
+
+@pytest.mark.parametrize("ema_decay", [0.0, 0.5])
+def test_recomputed_batch_norm_statistics_are_validated_checkpointed_and_exported(
+    tmp_path, records_dir, ema_decay):
+  tfx.register_tiny_bn()
+  fields = dict(model="tiny_bn", optimizer=optim.OptimizerConfig(ema_decay=ema_decay),
+                learning_rate=3e-3, export=True, recompute_bn_statistics=True)
+  messages = []
+  final = tfx.train_in_process(tmp_path / "run", records_dir, say=messages.append, **fields)
+  assert [m for m in messages if "BatchNorm statistics of 2 layers recomputed over 480 "
+          "training images" in m], messages
+  run, val = tfx.restore_run(tmp_path / "run", records_dir, **fields)
+  with checkpoints.EmaWeights(run.model, run.weight_average):
+    saved = _batch_norm_statistics(run.model)
+    # What the checkpoint holds is what measuring its weights again gives.
+    copy = export_lib.float32_copy(run.model, "tiny_bn", 10)
+    batch_norm_statistics.recompute(copy, _train_images(records_dir), batch_size=60)
+    for (mean, variance), (again_mean, again_variance) in zip(saved, _batch_norm_statistics(copy)):
+      np.testing.assert_allclose(mean, again_mean, rtol=1e-6, atol=1e-7)
+      np.testing.assert_allclose(variance, again_variance, rtol=1e-6)
+    keras_probabilities = tf.nn.softmax(run.model(pixels.normalize(val.image),
+                                                  training=False)).numpy()
+  exported = tf.saved_model.load(str(tmp_path / "run" / "export"))
+  served = exported.signatures["serving_default"](images=val.image)["probabilities"].numpy()
+  np.testing.assert_allclose(served, keras_probabilities, atol=1e-5)
+  # The final validation is the recomputed model's.
+  accuracy = np.mean(np.argmax(served, 1) == val.label.numpy())
+  assert final["val_accuracy"] == pytest.approx(accuracy, abs=1e-9)
+  # best/ kept the same step as validated before the recomputation.
+  best = tf.train.latest_checkpoint(str(tmp_path / "run" / "best"))
+  run.checkpoint.restore(best).assert_existing_objects_matched()
+  with checkpoints.EmaWeights(run.model, run.weight_average):
+    before = _batch_norm_statistics(run.model)
+  assert max(np.abs(a[0] - b[0]).max() for a, b in zip(before, saved)) > 1e-4
+
+
+def test_rerunning_a_finished_run_with_recompute_bn_statistics_recomputes_once_for_all(
+    tmp_path, records_dir):
+  tfx.register_tiny_bn()
+  model_dir = str(tmp_path / "run")
+  fields = dict(model="tiny_bn", learning_rate=3e-3)
+  first = tfx.train_in_process(model_dir, records_dir, **fields)
+  before = _batch_norm_statistics(tfx.restore_run(model_dir, records_dir, **fields)[0].model)
+  second = tfx.train_in_process(model_dir, records_dir, recompute_bn_statistics=True, **fields)
+  assert second["step"] == first["step"]
+  assert second["train_seconds"] == first["train_seconds"]  # Nothing more was trained.
+  assert second["val_loss"] != first["val_loss"]
+  after = _batch_norm_statistics(tfx.restore_run(model_dir, records_dir, **fields)[0].model)
+  assert max(np.abs(a[1] - b[1]).max() for a, b in zip(before, after)) > 1e-4
+  third = tfx.train_in_process(model_dir, records_dir, recompute_bn_statistics=True, **fields)
+  assert third == second
+  again = _batch_norm_statistics(tfx.restore_run(model_dir, records_dir, **fields)[0].model)
+  for (mean, variance), (again_mean, again_variance) in zip(after, again):
+    np.testing.assert_array_equal(mean, again_mean)
+    np.testing.assert_array_equal(variance, again_variance)
+
+
+def test_recompute_bn_statistics_without_batch_norm_is_refused_before_training(
+    tmp_path, records_dir):
+  with pytest.raises(ValueError, match="^recompute_bn_statistics: model 'mlp' has no "
+                     "BatchNorm layers to recompute$"):
+    tfx.train_in_process(tmp_path / "run", records_dir, recompute_bn_statistics=True)
+  assert not os.path.exists(tmp_path / "run" / "checkpoints")
 
 
 def test_weight_average_update_formula():

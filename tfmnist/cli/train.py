@@ -85,6 +85,10 @@ _PLATEAU_COOLDOWN = flags.DEFINE_integer("plateau_cooldown", 0, "Epochs to wait 
 _PLATEAU_MIN_LR = flags.DEFINE_float("plateau_min_lr", 0.0, "Lowest LR a plateau cut reaches.")
 _EARLY_STOP = flags.DEFINE_integer("early_stopping_patience", 0,
                                    "Stop after this many epochs without a better val accuracy.")
+_RECOMPUTE_BN = flags.DEFINE_bool(
+    "recompute_bn_statistics", False, "At the end of training, set every BatchNorm's "
+    "statistics to the exact mean and variance of its input at inference (dropout off, "
+    "images not augmented) over the training images; one inference pass per BatchNorm.")
 # Loop and checkpoints.
 _STEPS_PER_LOOP = flags.DEFINE_integer("steps_per_loop", 50,
                                        "Steps per traced loop call (count).", lower_bound=1)
@@ -139,6 +143,7 @@ def config_from_flags():
       precision=_PRECISION.value, steps_per_loop=_STEPS_PER_LOOP.value,
       checkpoint_every_steps=_CKPT_STEPS.value, keep_checkpoints=_KEEP.value,
       early_stopping_patience=_EARLY_STOP.value,
+      recompute_bn_statistics=_RECOMPUTE_BN.value,
       augment=augment_flags.augment_config(),
       sharding=_SHARDING.value, train_splits=tuple(_TRAIN_SPLITS.value),
       validation_split=_VALIDATION_SPLIT.value,

@@ -87,7 +87,13 @@ class BatchNorm(keras.layers.BatchNormalization):
   synchronised path runs. Variables and checkpoints are Keras's.
   """
 
+  # While batch_norm_statistics.recompute measures this layer's input: a
+  # function given every input of an inference call. None otherwise.
+  statistics_sink = None
+
   def call(self, inputs, training=None, mask=None):
+    if not training and self.statistics_sink is not None:
+      self.statistics_sink(inputs)
     if not (training and self.trainable and mask is None and len(inputs.shape) == 4
             and self.axis in (-1, 3) and not self.renorm
             and tf.distribute.get_strategy().num_replicas_in_sync == 1):
@@ -131,8 +137,12 @@ def linear_then_batch_norm(linear, bn, x, training=False):
     bn: the BatchNormalization layer that follows it (channels last).
     x: the input of `linear`.
     training: training mode (batch statistics): no folding.
+
+  A BatchNorm whose input is being measured (its statistics_sink is set)
+  takes the plain path too, so that the sink sees that input.
   """
-  if training or not (linear.built and bn.built and _foldable(linear, bn, x)):
+  if (training or getattr(bn, "statistics_sink", None) is not None
+      or not (linear.built and bn.built and _foldable(linear, bn, x))):
     return bn(linear(x), training=training)
 
   def read(variable):

@@ -49,6 +49,9 @@ class TrainConfig:
   checkpoint_every_steps: int = 0
   keep_checkpoints: int = 3
   early_stopping_patience: int = 0
+  # At the end: each BatchNorm's statistics measured over the training
+  # images at inference (models.batch_norm_statistics).
+  recompute_bn_statistics: bool = False
   augment: augment_lib.AugmentConfig = dataclasses.field(
       default_factory=augment_lib.AugmentConfig)
   sharding: str = "auto"

@@ -215,9 +215,14 @@ def float32_twin(model, model_name, num_classes):
   """
   if model.compute_dtype == "float32":
     return model
-  twin = _build(model_name, num_classes, "float32")
-  twin.set_weights(model.get_weights())
-  return twin
+  return float32_copy(model, model_name, num_classes)
+
+
+def float32_copy(model, model_name, num_classes):
+  """A new float32 model, outside any strategy, holding `model`'s weights."""
+  copy = _build(model_name, num_classes, "float32")
+  copy.set_weights(model.get_weights())
+  return copy
 
 
 def restore_model(config, checkpoint, num_classes, policy="float32"):

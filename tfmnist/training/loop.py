@@ -27,6 +27,7 @@ from tfmnist import hardware, run_dir
 from tfmnist.data import augment as augment_lib
 from tfmnist.data import pipeline, pixels, records
 from tfmnist.errors import NonFiniteLoss
+from tfmnist.models import batch_norm_statistics
 from tfmnist.progress import Progress
 from tfmnist.training import checkpoints as checkpoints_lib
 from tfmnist.training import config as config_lib
@@ -97,6 +98,9 @@ def set_up(config):
              pipeline.read_examples(train_files[:1]))
   run = state.create_run(config, strategy, info["num_classes"], samples.image[:per_replica],
                          total_steps, steps_per_epoch)
+  if config.recompute_bn_statistics and not batch_norm_statistics.batch_norm_layers(run.model):
+    raise ValueError(f"recompute_bn_statistics: model {config.model!r} has no BatchNorm "
+                     "layers to recompute")
   return SetUp(config, precision, strategy, info, train_files, shard_counts, steps_per_epoch,
                total_steps, per_replica, val_examples, samples, run)
 
@@ -295,10 +299,53 @@ class _Loop:
 
   # The end ---------------------------------------------------------------
 
+  def _recompute_bn_statistics(self, step):
+    """The final weights' BatchNorm statistics measured at inference, saved at `step`.
+
+    Measured on a float32 copy of the weights that evaluation and the export
+    use (the weight average when the run keeps one) over the training splits
+    as stored, then written back. Measuring a layer needs only the layers
+    before it, so a rerun of a finished run measures the same values again.
+
+    Returns:
+      The validation metrics of the recomputed model, or {} without validation.
+    """
+    config, run, setup = self.config, self.run_state, self.setup
+    started = time.perf_counter()
+    images = pipeline.read_examples(setup.train_files).image
+    bar = None
+    with checkpoints_lib.EmaWeights(run.model, run.weight_average):
+      copy = export.float32_copy(run.model, config.model, setup.info["num_classes"])
+
+      def on_layer(done, total):
+        nonlocal bar
+        if bar is None:
+          bar = Progress(total, "layers", desc="BatchNorm statistics",
+                         enabled=config.progress and self.is_chief)
+        bar.update(done - bar.done)
+
+      count = batch_norm_statistics.recompute(copy, images, config.eval_batch_size, on_layer)
+      run.model.set_weights(copy.get_weights())
+      if run.weight_average is not None:  # What the context restores is the raw weights.
+        for variable, average in zip(run.model.variables, run.weight_average.averages):
+          average.assign(variable)
+      metrics = {}
+      if self.val_dataset is not None:
+        metrics, _ = step_lib.evaluate(run, self.eval_fn, self.val_dataset)
+    self.checkpoints.save(step)
+    seconds = time.perf_counter() - started
+    result = (f": val_loss={metrics['loss']:.4f} val_accuracy={metrics['accuracy']:.4%}"
+              if metrics else "")
+    self.say(f"step {step}: BatchNorm statistics of {count} layers recomputed over "
+             f"{len(images):,} training images in {seconds:.0f} s{result}")
+    return metrics
+
   def _finish(self, step, start_step, val_metrics, stopped_early, started):
     """Final validation (for a rerun), the export and metrics.json."""
     config, run = self.config, self.run_state
-    if not val_metrics and self.val_dataset is not None:  # Nothing was left to train.
+    if config.recompute_bn_statistics:
+      val_metrics = self._recompute_bn_statistics(step)
+    elif not val_metrics and self.val_dataset is not None:  # Nothing was left to train.
       with checkpoints_lib.EmaWeights(run.model, run.weight_average):
         val_metrics, _ = step_lib.evaluate(run, self.eval_fn, self.val_dataset)
     seconds = time.perf_counter() - started
