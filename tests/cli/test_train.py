@@ -476,6 +476,42 @@ def test_shipped_flagfiles_parse_and_build_their_models():
   assert by_name["noisy.flags"]["noise"] == [0.5, 0.9]  # The task's noise, on 90% of the images.
 
 
+@pytest.mark.slow
+def test_recomputed_batch_norm_statistics_reach_both_replicas(tmp_path, records_dir):
+  """A two-replica run recomputes, validates on both replicas, saves and exports.
+
+  A command of its own: MirroredStrategies made in one process by several tests
+  can collide in their collective ops.
+  """
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from tfmnist.data import pipeline, records  # pylint: disable=g-import-not-at-top
+  from tfmnist.models import batch_norm_statistics  # pylint: disable=g-import-not-at-top
+  model_dir = str(tmp_path / "run")
+  args = tfx.train_args(model_dir, records_dir, *MIRRORED_FLAGS, "--epochs=1", "--export",
+                        "--learning_rate=0.003", "--recompute_bn_statistics", model="tiny_bn")
+  result = tfx.check(tfx.run(tfx.train_command(args, hooks=True)))
+  assert "BatchNorm statistics of 2 layers recomputed over 480 training images" in result.stdout
+  tfx.register_tiny_bn()
+  run, val = tfx.restore_run(model_dir, records_dir, model="tiny_bn")
+
+  def statistics():
+    return [(layer.moving_mean.numpy(), layer.moving_variance.numpy())
+            for layer in batch_norm_statistics.batch_norm_layers(run.model)]
+
+  saved = statistics()
+  train = pipeline.read_examples(records.split_files(records_dir, "mnist", "train")).image
+  batch_norm_statistics.recompute(run.model, train, batch_size=60)
+  for (mean, variance), (again_mean, again_variance) in zip(saved, statistics()):
+    np.testing.assert_allclose(mean, again_mean, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(variance, again_variance, rtol=1e-6)
+  # Each replica validated half of the split, with the recomputed statistics.
+  exported = tf.saved_model.load(os.path.join(model_dir, "export"))
+  served = exported.signatures["serving_default"](images=val.image)["probabilities"].numpy()
+  loss = -np.mean(np.log(served[np.arange(len(served)), val.label.numpy()]))
+  with open(os.path.join(model_dir, "metrics.json")) as f:
+    assert json.load(f)["val_loss"] == pytest.approx(loss, rel=1e-4)
+
+
 def test_refit_flags_reach_the_config_and_clash_in_one_line(tmp_path, records_dir):
   args = tfx.train_args(str(tmp_path / "run"), records_dir, "--train_splits=train,validation")
   result = tfx.run(tfx.train_command(args))

@@ -490,25 +490,6 @@ def test_rerunning_a_finished_run_with_recompute_bn_statistics_recomputes_once_f
     np.testing.assert_array_equal(variance, again_variance)
 
 
-def test_recompute_bn_statistics_reaches_both_replicas(tmp_path, records_dir, two_replicas):
-  tfx.register_tiny_bn()
-  fields = dict(model="tiny_bn", learning_rate=3e-3, recompute_bn_statistics=True)
-  final = tfx.train_in_process(tmp_path / "run", records_dir, strategy="mirrored", export=True,
-                               **fields)
-  run, val = tfx.restore_run(tmp_path / "run", records_dir, **fields)
-  saved = _batch_norm_statistics(run.model)
-  batch_norm_statistics.recompute(run.model, _train_images(records_dir), batch_size=60)
-  for (mean, variance), (again_mean, again_variance) in zip(saved,
-                                                           _batch_norm_statistics(run.model)):
-    np.testing.assert_allclose(mean, again_mean, rtol=1e-6, atol=1e-7)
-    np.testing.assert_allclose(variance, again_variance, rtol=1e-6)
-  # Each replica validated half of the split with the recomputed statistics.
-  exported = tf.saved_model.load(str(tmp_path / "run" / "export"))
-  served = exported.signatures["serving_default"](images=val.image)["probabilities"].numpy()
-  loss = -np.mean(np.log(served[np.arange(len(served)), val.label.numpy()]))
-  assert final["val_loss"] == pytest.approx(loss, rel=1e-4)
-
-
 def test_recompute_bn_statistics_without_batch_norm_is_refused_before_training(
     tmp_path, records_dir):
   with pytest.raises(ValueError, match="^recompute_bn_statistics: model 'mlp' has no "
