@@ -306,9 +306,6 @@ class _Loop:
     use (the weight average when the run keeps one) over the training splits
     as stored, then written back. Measuring a layer needs only the layers
     before it, so a rerun of a finished run measures the same values again.
-
-    Returns:
-      The validation metrics of the recomputed model, or {} without validation.
     """
     config, run, setup = self.config, self.run_state, self.setup
     started = time.perf_counter()
@@ -329,23 +326,17 @@ class _Loop:
       if run.weight_average is not None:  # What the context restores is the raw weights.
         for variable, average in zip(run.model.variables, run.weight_average.averages):
           average.assign(variable)
-      metrics = {}
-      if self.val_dataset is not None:
-        metrics, _ = step_lib.evaluate(run, self.eval_fn, self.val_dataset)
     self.checkpoints.save(step)
-    seconds = time.perf_counter() - started
-    result = (f": val_loss={metrics['loss']:.4f} val_accuracy={metrics['accuracy']:.4%}"
-              if metrics else "")
     self.say(f"step {step}: BatchNorm statistics of {count} layers recomputed over "
-             f"{len(images):,} training images in {seconds:.0f} s{result}")
-    return metrics
+             f"{len(images):,} training images in {time.perf_counter() - started:.0f} s")
 
   def _finish(self, step, start_step, val_metrics, stopped_early, started):
     """Final validation (for a rerun), the export and metrics.json."""
     config, run = self.config, self.run_state
     if config.recompute_bn_statistics:
-      val_metrics = self._recompute_bn_statistics(step)
-    elif not val_metrics and self.val_dataset is not None:  # Nothing was left to train.
+      self._recompute_bn_statistics(step)
+      val_metrics = {}  # Taken with the statistics before: validate again.
+    if not val_metrics and self.val_dataset is not None:  # Nothing was left to train.
       with checkpoints_lib.EmaWeights(run.model, run.weight_average):
         val_metrics, _ = step_lib.evaluate(run, self.eval_fn, self.val_dataset)
     seconds = time.perf_counter() - started
