@@ -178,3 +178,55 @@ def _foldable(linear, bn, x):
     return (linear.activation is keras.activations.linear and linear.groups == 1
             and linear.data_format == "channels_last")
   return isinstance(linear, keras.layers.Dense) and linear.activation is keras.activations.linear
+
+
+class Deskew(keras.layers.Layer):
+  """Removes each image's slant: a horizontal shear that leaves no correlation
+  between a pixel's row and its column.
+
+  Handwriting leans; deskewing by the image's second moments is the classic
+  normalisation of MNIST (LeCun et al. 1998 list deskewed variants of most of
+  their classifiers). With the ink's centroid (r0, c0), row variance
+  var_r and row-column covariance cov_rc, the slant is a = cov_rc / var_r
+  columns per row, and the output pixel (r, c) reads the input at
+  (r, c + a (r - r0)), interpolated linearly along the row, zero outside.
+  The centroid stays where it was, so shifts the training augmentation made
+  survive; only the lean is taken out. A blank image passes unchanged, and
+  the shear is limited to `max_slant` columns per row so that a nearly flat
+  stroke (var_r near 0) cannot fold the image.
+
+  Inputs are [B, H, W, 1] floats; the moments and the interpolation are
+  computed in float32 and the output has the input's dtype. The layer has no
+  variables, so it runs alike in training, evaluation and every export.
+  """
+
+  def __init__(self, max_slant=1.0, **kwargs):
+    super().__init__(**kwargs)
+    self.max_slant = float(max_slant)
+
+  def call(self, inputs):
+    images = tf.cast(inputs[..., 0], tf.float32)
+    height, width = images.shape[1], images.shape[2]
+    rows = tf.range(height, dtype=tf.float32)
+    cols = tf.range(width, dtype=tf.float32)
+    mass = tf.reduce_sum(images, axis=[1, 2])
+    inked = mass > 1e-6
+    safe_mass = tf.where(inked, mass, 1.0)
+    row_mean = tf.einsum("bhw,h->b", images, rows) / safe_mass
+    col_mean = tf.einsum("bhw,w->b", images, cols) / safe_mass
+    d_row = rows[None, :] - row_mean[:, None]  # [B, H]
+    d_col = cols[None, :] - col_mean[:, None]  # [B, W]
+    row_var = tf.einsum("bhw,bh,bh->b", images, d_row, d_row) / safe_mass
+    covariance = tf.einsum("bhw,bh,bw->b", images, d_row, d_col) / safe_mass
+    slant = covariance / tf.maximum(row_var, 1e-6)
+    slant = tf.where(inked, tf.clip_by_value(slant, -self.max_slant, self.max_slant), 0.0)
+    # Output column n of row h reads input column n + slant * d_row[h]; the
+    # triangle weights max(0, 1 - |c - source|) are linear interpolation
+    # between the two nearest input columns, and nothing beyond the edges.
+    source = cols[None, None, :] + slant[:, None, None] * d_row[:, :, None]  # [B, H, W]
+    weights = tf.nn.relu(1.0 - tf.abs(cols[None, None, None, :] - source[..., None]))
+    deskewed = tf.einsum("bhnc,bhc->bhn", weights, images)
+    return tf.cast(deskewed[..., None], inputs.dtype)
+
+  def get_config(self):
+    return {**super().get_config(), "max_slant": self.max_slant}
