@@ -40,9 +40,9 @@ def test_every_model_gives_float32_logits(name, policy):
 
 
 def test_registry_lists_the_models_and_rejects_unknown_names():
-  assert {"mlp", "lenet", "lenet5", "kaggle_cnn", "strided_bn", "deep_cnn", "fast_cnn",
-          "fast_cnn_lite", "fast_cnn16", "fast_cnn4", "fast_cnn4_lite", "fast_cnn4_16",
-          "resnet", "m3", "m5", "m7"} <= set(models.names())
+  assert {"mlp", "lenet", "lenet5", "kaggle_cnn", "strided_bn", "strided_bn_deskew",
+          "deep_cnn", "fast_cnn", "fast_cnn_lite", "fast_cnn16", "fast_cnn4",
+          "fast_cnn4_lite", "fast_cnn4_16", "resnet", "m3", "m5", "m7"} <= set(models.names())
   with pytest.raises(ValueError, match="unknown model 'nope'.*lenet5"):
     models.create("nope", 10)
 

@@ -195,9 +195,9 @@ class Deskew(keras.layers.Layer):
   the shear is limited to `max_slant` columns per row so that a nearly flat
   stroke (var_r near 0) cannot fold the image.
 
-  Inputs are [B, H, W, 1] floats; the moments and the interpolation are
-  computed in float32 and the output has the input's dtype. The layer has no
-  variables, so it runs alike in training, evaluation and every export.
+  Inputs are [B, H, W, 1] floats in the layer's compute dtype; the moments
+  and the interpolation are computed in float32 and cast back. The layer has
+  no variables, so it runs alike in training, evaluation and every export.
   """
 
   def __init__(self, max_slant=1.0, **kwargs):
