@@ -166,6 +166,22 @@ def test_an_export_in_bfloat16_says_to_export_again(tmp_path):
     litert.convert(destination, np.zeros((1, 28, 28, 1), np.uint8))
 
 
+@pytest.mark.slow  # A conversion process.
+def test_the_deskewing_model_converts_with_builtin_ops(converted, tmp_path):
+  # Deskew's moments and shear are sums, products and a batched matmul, all
+  # LiteRT builtins; the file reads slanted digits as the SavedModel does.
+  records_dir, _, _, _ = converted
+  keras.utils.set_random_seed(3)
+  destination = _export(models.create("strided_bn_deskew", 10), tmp_path / "deskew" / "export")
+  flatbuffers = litert.convert(destination, np.zeros((1, 28, 28, 1), np.uint8),
+                               variants=("float32",))
+  path = tmp_path / "deskew.tflite"
+  path.write_bytes(flatbuffers["float32"])
+  _, images, _ = pipeline.read_labelled(records_dir, "mnist", "test")
+  np.testing.assert_allclose(_run(path, images[:20]),
+                             inference.ExportedModel(destination).predict(images[:20]), atol=1e-5)
+
+
 class OddOpModel(keras.Model):
   """A model with an op that LiteRT has no kernel for, or one its quantizer cannot take."""
 

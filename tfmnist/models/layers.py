@@ -209,15 +209,18 @@ class Deskew(keras.layers.Layer):
     height, width = images.shape[1], images.shape[2]
     rows = tf.range(height, dtype=tf.float32)
     cols = tf.range(width, dtype=tf.float32)
+    # Sums and products only (no einsum): LiteRT has kernels for all of them.
     mass = tf.reduce_sum(images, axis=[1, 2])
     inked = mass > 1e-6
     safe_mass = tf.where(inked, mass, 1.0)
-    row_mean = tf.einsum("bhw,h->b", images, rows) / safe_mass
-    col_mean = tf.einsum("bhw,w->b", images, cols) / safe_mass
+    row_mass = tf.reduce_sum(images, axis=2)  # [B, H]
+    row_mean = tf.reduce_sum(row_mass * rows, axis=1) / safe_mass
+    col_mean = tf.reduce_sum(tf.reduce_sum(images, axis=1) * cols, axis=1) / safe_mass
     d_row = rows[None, :] - row_mean[:, None]  # [B, H]
     d_col = cols[None, :] - col_mean[:, None]  # [B, W]
-    row_var = tf.einsum("bhw,bh,bh->b", images, d_row, d_row) / safe_mass
-    covariance = tf.einsum("bhw,bh,bw->b", images, d_row, d_col) / safe_mass
+    row_var = tf.reduce_sum(row_mass * tf.square(d_row), axis=1) / safe_mass
+    covariance = tf.reduce_sum(images * d_row[:, :, None] * d_col[:, None, :],
+                               axis=[1, 2]) / safe_mass
     slant = covariance / tf.maximum(row_var, 1e-6)
     slant = tf.where(inked, tf.clip_by_value(slant, -self.max_slant, self.max_slant), 0.0)
     # Output column n of row h reads input column n + slant * d_row[h]; the
@@ -225,7 +228,7 @@ class Deskew(keras.layers.Layer):
     # between the two nearest input columns, and nothing beyond the edges.
     source = cols[None, None, :] + slant[:, None, None] * d_row[:, :, None]  # [B, H, W]
     weights = tf.nn.relu(1.0 - tf.abs(cols[None, None, None, :] - source[..., None]))
-    deskewed = tf.einsum("bhnc,bhc->bhn", weights, images)
+    deskewed = tf.matmul(weights, images[..., None])[..., 0]  # [B, H, W]
     return tf.cast(deskewed[..., None], inputs.dtype)
 
   def get_config(self):
