@@ -170,8 +170,7 @@ class StridedBN(Sequence):
 class StridedBNDeskew(Sequence):
   """strided_bn reading deskewed digits: a Deskew layer (no variables) takes
   each image's slant out before the first convolution, in training after the
-  augmentation, and in evaluation and every export alike. Its errors differ
-  from strided_bn's on the digits whose lean misleads one of them."""
+  augmentation, and in evaluation and every export alike."""
 
   def __init__(self, num_classes, dropout=0.4):
     super().__init__([Deskew()] + _strided_bn_layers(num_classes, dropout),
