@@ -168,7 +168,7 @@ def test_an_export_in_bfloat16_says_to_export_again(tmp_path):
 
 @pytest.mark.slow  # A conversion process.
 def test_the_deskewing_model_converts_with_builtin_ops(converted, tmp_path):
-  # Deskew's moments and shear are sums, products and a batched matmul, all
+  # Deskew's moments and shear are sums, products and gathers, all
   # LiteRT builtins; the file reads slanted digits as the SavedModel does.
   records_dir, _, _, _ = converted
   keras.utils.set_random_seed(3)

@@ -12,6 +12,8 @@ import dataclasses
 import keras
 import tensorflow as tf
 
+from tfmnist.data import augment
+
 
 @dataclasses.dataclass(frozen=True)
 class Noise:
@@ -209,7 +211,7 @@ class Deskew(keras.layers.Layer):
     height, width = images.shape[1], images.shape[2]
     rows = tf.range(height, dtype=tf.float32)
     cols = tf.range(width, dtype=tf.float32)
-    # Sums and products only (no einsum): LiteRT has kernels for all of them.
+    # Sums, products and gathers only (no einsum): LiteRT has kernels for them all.
     mass = tf.reduce_sum(images, axis=[1, 2])
     inked = mass > 1e-6
     safe_mass = tf.where(inked, mass, 1.0)
@@ -223,13 +225,13 @@ class Deskew(keras.layers.Layer):
                                axis=[1, 2]) / safe_mass
     slant = covariance / tf.maximum(row_var, 1e-6)
     slant = tf.where(inked, tf.clip_by_value(slant, -self.max_slant, self.max_slant), 0.0)
-    # Output column n of row h reads input column n + slant * d_row[h]; the
-    # triangle weights max(0, 1 - |c - source|) are linear interpolation
-    # between the two nearest input columns, and nothing beyond the edges.
+    # Output column n of row h reads input column n + slant * d_row[h] of the
+    # same row: the augmentation's sampler, with whole-pixel rows, is linear
+    # interpolation along the row, zero beyond the edges.
     source = cols[None, None, :] + slant[:, None, None] * d_row[:, :, None]  # [B, H, W]
-    weights = tf.nn.relu(1.0 - tf.abs(cols[None, None, None, :] - source[..., None]))
-    deskewed = tf.matmul(weights, images[..., None])[..., 0]  # [B, H, W]
-    return tf.cast(deskewed[..., None], inputs.dtype)
+    same_row = tf.broadcast_to(rows[None, :, None], tf.shape(source))
+    deskewed = augment.sample_bilinear(images[..., None], source, same_row)
+    return tf.cast(deskewed, inputs.dtype)
 
   def get_config(self):
     return {**super().get_config(), "max_slant": self.max_slant}
