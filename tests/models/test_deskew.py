@@ -123,5 +123,5 @@ def test_deskew_under_mixed_bfloat16_gives_bfloat16_near_the_float32_shear(bfloa
   image = _slanted_bar(0.4)[None, ..., None]
   out = Deskew()(image)
   assert out.dtype == tf.bfloat16
-  np.testing.assert_allclose(tf.cast(out, tf.float32).numpy()[0, ..., 0], _reference(image[0, ..., 0]),
-                             atol=1e-2)
+  np.testing.assert_allclose(tf.cast(out, tf.float32).numpy()[0, ..., 0],
+                             _reference(image[0, ..., 0]), atol=1e-2)
