@@ -46,6 +46,30 @@ def test_onednn_isa_limits_that_keep_bfloat16_keep_it(isa):
   assert hardware.choose_precision(_cpu(EPYC_BF16, ONEDNN_MAX_CPU_ISA=isa))[0] == "mixed_bfloat16"
 
 
+@pytest.mark.parametrize("flags,env,conflict", [
+    (EPYC_BF16, {"ONEDNN_MAX_CPU_ISA": "avx2"}, True),
+    (XEON_AVX512, {"ONEDNN_MAX_CPU_ISA": "AVX2_VNNI"}, True),
+    (EPYC_BF16, {"ONEDNN_MAX_CPU_ISA": "SSE41"}, True),
+    # oneDNN keeps its bfloat16 convolutions (native or emulated) from AVX512_CORE up.
+    (EPYC_BF16, {"ONEDNN_MAX_CPU_ISA": "AVX512_CORE"}, False),
+    (EPYC_BF16, {}, False),
+    # Without oneDNN, or without AVX-512, TensorFlow's own kernels compute bfloat16.
+    (EPYC_BF16, {"ONEDNN_MAX_CPU_ISA": "AVX2", "TF_ENABLE_ONEDNN_OPTS": "0"}, False),
+    (EPYC_AVX2, {"ONEDNN_MAX_CPU_ISA": "AVX2"}, False),
+])
+def test_bfloat16_conflicts_only_where_onednn_is_capped_below_avx512(flags, env, conflict):
+  said = hardware.bfloat16_conflict(_cpu(flags, **env))
+  assert bool(said) == conflict
+  if conflict:
+    assert f"ONEDNN_MAX_CPU_ISA={env['ONEDNN_MAX_CPU_ISA'].upper()}" in said and "Test CPU" in said
+
+
+def test_gpus_have_no_bfloat16_conflict():
+  machine = hardware.Machine(cpu="Test CPU", cpu_flags=EPYC_BF16, gpus=(("NVIDIA H200", (9, 0)),),
+                             env=(("ONEDNN_MAX_CPU_ISA", "AVX2"),))
+  assert hardware.bfloat16_conflict(machine) == ""
+
+
 @pytest.mark.parametrize("gpus,policy", [
     ((("NVIDIA H200", (9, 0)),), "mixed_bfloat16"),
     ((("NVIDIA A100", (8, 0)),), "mixed_bfloat16"),

@@ -22,6 +22,11 @@ _ONEDNN_BF16_ISAS = ("AVX512_CORE_BF16", "AVX512_CORE_FP16", "AVX512_CORE_AMX",
                      "AVX10_1_512_AMX_FP16", "ALL", "DEFAULT")
 
 
+# oneDNN's ONEDNN_MAX_CPU_ISA values below AVX-512: they leave it no bfloat16
+# convolution at all.
+_ONEDNN_BELOW_AVX512 = ("SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX2_VNNI_2")
+
+
 @dataclasses.dataclass(frozen=True)
 class Machine:
   """The facts the precision choice rests on.
@@ -155,3 +160,23 @@ def choose_precision(machine):
     return "float32", (f"{machine.cpu} has {bf16}, but ONEDNN_MAX_CPU_ISA={isa} keeps "
                        "oneDNN from using it")
   return "mixed_bfloat16", f"{machine.cpu} has {bf16}"
+
+
+def bfloat16_conflict(machine):
+  """Why mixed bfloat16 cannot train on `machine`, or "" where it can.
+
+  On a CPU with AVX-512, TensorFlow sends bfloat16 convolutions to oneDNN;
+  only on CPUs without it does it fall back to its own (Eigen) kernels. An
+  ONEDNN_MAX_CPU_ISA below AVX512_CORE then leaves oneDNN no kernel, and the
+  first convolution fails ("could not create a primitive descriptor"), so a
+  run that asks for mixed_bfloat16 there is refused before it starts.
+  """
+  if machine.gpus or machine.tpu or "avx512f" not in machine.cpu_flags:
+    return ""
+  if onednn_kernels(dict(machine.env)) == "off":
+    return ""
+  isa = machine.getenv("ONEDNN_MAX_CPU_ISA").upper()
+  if isa not in _ONEDNN_BELOW_AVX512:
+    return ""
+  return (f"ONEDNN_MAX_CPU_ISA={isa} leaves oneDNN no bfloat16 convolution, and TensorFlow "
+          f"sends them to oneDNN on {machine.cpu} (AVX-512)")

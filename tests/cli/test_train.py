@@ -7,6 +7,7 @@ read a run wait for it. The loop itself is tested in process in
 tests/training/test_loop.py.
 """
 
+import dataclasses
 import json
 import os
 import re
@@ -20,6 +21,7 @@ from tensorboard.backend.event_processing import event_accumulator
 from tensorboard.plugins.hparams import plugin_data_pb2
 
 import train_fixtures as tfx
+from tfmnist import hardware
 
 pytestmark = pytest.mark.slow
 
@@ -537,3 +539,27 @@ def test_offline_without_records_names_the_train_flag_that_works(tmp_path):
           "files of mnist") in lines[0]
   assert "--source=" not in lines[0] and "download_base_url" not in lines[0]
   assert not os.path.exists(tmp_path / "run")
+
+
+@pytest.mark.parametrize("isa", ["AVX2", "AVX512_CORE"])
+def test_forced_bfloat16_under_a_onednn_isa_limit_trains_or_says_why(tmp_path, records_dir, isa):
+  """Where hardware.bfloat16_conflict says so, the run stops in one line before it writes
+  anything (without that check TensorFlow's first convolution fails); everywhere else the
+  same command trains, so the check refuses nothing that would work."""
+  model_dir = tmp_path / "run"
+  args = tfx.train_args(str(model_dir), records_dir, "--precision=mixed_bfloat16",
+                        "--epochs=0.5", model="fast_cnn")
+  result = tfx.run(tfx.train_command(args), ONEDNN_MAX_CPU_ISA=isa)
+  machine = hardware.detect()
+  env = dict(machine.env, ONEDNN_MAX_CPU_ISA=isa)
+  machine = dataclasses.replace(machine, env=tuple(env.items()))
+  if hardware.bfloat16_conflict(machine):
+    assert result.returncode == 1, tfx.describe(result)
+    (line,) = _error_lines(result.stderr)
+    assert line.startswith(f"train: error: precision mixed_bfloat16 (asked for) cannot run "
+                           f"here: ONEDNN_MAX_CPU_ISA={isa} ")
+    assert "Traceback" not in result.stderr
+    assert not model_dir.exists() or not any(model_dir.iterdir())
+  else:
+    tfx.check(result)
+    assert _metrics(model_dir)["step"] > 0

@@ -188,6 +188,36 @@ def test_an_unknown_precision_is_one_line(tmp_path, records_dir):
     tfx.train_in_process(tmp_path / "run", records_dir, precision="bfloat8")
 
 
+CAPPED_AVX512 = hardware.Machine(cpu="Capped CPU", cpu_flags=frozenset({"avx2", "avx512f"}),
+                                 env=(("ONEDNN_MAX_CPU_ISA", "AVX2"),))
+
+
+def test_bfloat16_where_onednn_cannot_compute_it_is_one_line(tmp_path, records_dir,
+                                                             monkeypatch):
+  monkeypatch.setattr(hardware, "detect", lambda strategy=None: CAPPED_AVX512)
+  model_dir = tmp_path / "run"
+  with pytest.raises(ValueError) as raised:
+    tfx.train_in_process(model_dir, records_dir, precision="mixed_bfloat16", epochs=1)
+  message = str(raised.value)
+  assert message.startswith("precision mixed_bfloat16 (asked for) cannot run here: "
+                            "ONEDNN_MAX_CPU_ISA=AVX2 leaves oneDNN no bfloat16 convolution")
+  assert "Capped CPU" in message and "TF_ENABLE_ONEDNN_OPTS=0" in message
+  assert "\n" not in message
+  assert not model_dir.exists() or not any(model_dir.iterdir())
+  # auto chooses float32 there, and trains.
+  assert config_lib.resolve_precision("auto", None, CAPPED_AVX512)[0] == "float32"
+
+
+def test_a_bfloat16_run_resumed_where_onednn_cannot_compute_it_is_one_line():
+  recorded = {"requested": "auto", "policy": "mixed_bfloat16", "reason": "started elsewhere"}
+  with pytest.raises(ValueError, match=r"^precision mixed_bfloat16 \(the run's --precision=auto "
+                                       r"chose when it started\) cannot run here: "):
+    config_lib.resolve_precision("auto", recorded, CAPPED_AVX512)
+  # A float32 run resumes there as it started.
+  recorded.update(policy="float32")
+  assert config_lib.resolve_precision("auto", recorded, CAPPED_AVX512)[0] == "float32"
+
+
 def test_loops_are_traced_once(tmp_path, records_dir, monkeypatch):
   # Loops of 4, 4, 4 and 3 steps: the count is a tensor, so one trace serves all.
   traced = {}
