@@ -133,6 +133,11 @@ def test_ema_weights_are_exported(tmp_path, records_dir):
   np.testing.assert_array_equal(probabilities(), raw)  # And the raw weights come back.
 
 
+# A CPU with AVX-512 whose oneDNN is capped at AVX2: no bfloat16 convolution (hardware).
+CAPPED_AVX512 = hardware.Machine(cpu="Capped CPU", cpu_flags=frozenset({"avx2", "avx512f"}),
+                                 env=(("ONEDNN_MAX_CPU_ISA", "AVX2"),))
+
+
 @pytest.mark.parametrize("precision", ["mixed_bfloat16", "mixed_float16"])
 def test_mixed_precision_runs_with_finite_loss(tmp_path, records_dir, precision):
   final = tfx.train_in_process(tmp_path / "run", records_dir, precision=precision,
@@ -148,7 +153,11 @@ def test_a_mixed_precision_run_exports_a_model_that_computes_in_float32(tmp_path
                        epochs=1, export=True)
   config = config_lib.from_dict(run_dir.RunDir(model_dir).read_config(), str(model_dir))
   export_lib.export_checkpoint(config, "latest", str(tmp_path / "again"), list("0123456789"))
-  for export_dir in (model_dir / "export", tmp_path / "again"):
+  # The export computes in float32, so a machine that cannot train in bfloat16 exports it too.
+  with pytest.MonkeyPatch.context() as patch:
+    patch.setattr(hardware, "detect", lambda strategy=None: CAPPED_AVX512)
+    export_lib.export_checkpoint(config, "latest", str(tmp_path / "capped"), list("0123456789"))
+  for export_dir in (model_dir / "export", tmp_path / "again", tmp_path / "capped"):
     dtypes = export_lib.graph_dtypes(str(export_dir))
     assert "float32" in dtypes and "bfloat16" not in dtypes, (export_dir, dtypes)
   # The float32 export classifies as the bfloat16 model that trained does.
@@ -188,10 +197,6 @@ def test_an_unknown_precision_is_one_line(tmp_path, records_dir):
     tfx.train_in_process(tmp_path / "run", records_dir, precision="bfloat8")
 
 
-CAPPED_AVX512 = hardware.Machine(cpu="Capped CPU", cpu_flags=frozenset({"avx2", "avx512f"}),
-                                 env=(("ONEDNN_MAX_CPU_ISA", "AVX2"),))
-
-
 def test_bfloat16_where_onednn_cannot_compute_it_is_one_line(tmp_path, records_dir,
                                                              monkeypatch):
   monkeypatch.setattr(hardware, "detect", lambda strategy=None: CAPPED_AVX512)
@@ -210,12 +215,13 @@ def test_bfloat16_where_onednn_cannot_compute_it_is_one_line(tmp_path, records_d
 
 def test_a_bfloat16_run_resumed_where_onednn_cannot_compute_it_is_one_line():
   recorded = {"requested": "auto", "policy": "mixed_bfloat16", "reason": "started elsewhere"}
+  policy, _ = config_lib.resolve_precision("auto", recorded, CAPPED_AVX512)
+  assert policy == "mixed_bfloat16"  # The run keeps its first choice,
   with pytest.raises(ValueError, match=r"^precision mixed_bfloat16 \(the run's --precision=auto "
                                        r"chose when it started\) cannot run here: "):
-    config_lib.resolve_precision("auto", recorded, CAPPED_AVX512)
+    config_lib.check_trainable("auto", policy, CAPPED_AVX512)  # which cannot train here.
   # A float32 run resumes there as it started.
-  recorded.update(policy="float32")
-  assert config_lib.resolve_precision("auto", recorded, CAPPED_AVX512)[0] == "float32"
+  config_lib.check_trainable("auto", "float32", CAPPED_AVX512)
 
 
 def test_loops_are_traced_once(tmp_path, records_dir, monkeypatch):

@@ -150,27 +150,34 @@ def resolve_precision(requested, recorded, machine):
     recorded: {"requested", "policy", "reason"} that the run's first start
       recorded (manifest.json), or None.
     machine: hardware.Machine to choose for.
-
-  Raises:
-    ValueError: the precision is unknown, or is mixed_bfloat16 on a machine
-      that cannot compute it (hardware.bfloat16_conflict).
   """
   check_precision(requested)
   if requested != "auto":
-    policy, reason = requested, "as configured"
-  elif (recorded and recorded.get("requested") == "auto"
-        and recorded.get("policy") in PRECISIONS[1:]):
-    policy = recorded["policy"]
-    reason = f"chosen when the run started: {recorded.get('reason', '')}"
-  else:
-    return hardware.choose_precision(machine)
+    return requested, "as configured"
+  if (recorded and recorded.get("requested") == "auto"
+      and recorded.get("policy") in PRECISIONS[1:]):
+    return recorded["policy"], f"chosen when the run started: {recorded.get('reason', '')}"
+  return hardware.choose_precision(machine)
+
+
+def check_trainable(requested, policy, machine):
+  """Raises ValueError where `machine` cannot train in `policy`.
+
+  auto never chooses such a policy; a precision asked for, or one that a run
+  resuming with auto keeps from its first start, can be one. Exports and
+  evaluation compute in float32, so only training checks this.
+
+  Args:
+    requested: the configured precision (a policy or "auto").
+    policy: the policy resolve_precision settled on.
+    machine: hardware.Machine the run trains on.
+  """
   conflict = hardware.bfloat16_conflict(machine) if policy == "mixed_bfloat16" else ""
   if conflict:
     how = "asked for" if requested != "auto" else "the run's --precision=auto chose when it started"
     raise ValueError(f"precision mixed_bfloat16 ({how}) cannot run here: {conflict}; unset "
                      "ONEDNN_MAX_CPU_ISA, set it to AVX512_CORE or above, or set "
                      "TF_ENABLE_ONEDNN_OPTS=0")
-  return policy, reason
 
 
 def export_dir_of(config):

@@ -73,8 +73,9 @@ def set_up(config):
   strategy = strategy_lib.create_strategy(config.strategy, config.num_virtual_devices,
                                           config.tpu)
   recorded = run_dir.RunDir(config.model_dir).read_manifest().get("precision")
-  policy, reason = config_lib.resolve_precision(config.precision, recorded,
-                                                hardware.detect(strategy))
+  machine = hardware.detect(strategy)
+  policy, reason = config_lib.resolve_precision(config.precision, recorded, machine)
+  config_lib.check_trainable(config.precision, policy, machine)
   precision = {"requested": config.precision, "policy": policy, "reason": reason}
   config = dataclasses.replace(config, precision=policy)
   info = records.read_info(config.records_dir, config.dataset)
