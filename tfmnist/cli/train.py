@@ -64,7 +64,8 @@ _BETA_1 = flags.DEFINE_float("beta_1", 0.9, "Adam/AdamW first-moment decay.")
 _BETA_2 = flags.DEFINE_float("beta_2", 0.999, "Adam/AdamW second-moment decay.")
 _RHO = flags.DEFINE_float("rho", 0.9, "RMSprop squared-gradient decay.")
 _EPSILON = flags.DEFINE_float("epsilon", 1e-7, "Adam/RMSprop epsilon.")
-_WEIGHT_DECAY = flags.DEFINE_float("weight_decay", 0.0, "Decoupled weight decay (per step).")
+_WEIGHT_DECAY = flags.DEFINE_float("weight_decay", 0.0, "Decoupled weight decay: each step shrinks "
+                                    "the weights by learning rate x this.")
 _EMA_DECAY = flags.DEFINE_float("ema_decay", 0.0, "EMA decay of weights for eval/export, warmed up "
                                   "as min(decay, (1 + step) / (10 + step)); 0 off.")
 _LABEL_SMOOTHING = flags.DEFINE_float("label_smoothing", 0.0, "Label smoothing (fraction).")

@@ -19,7 +19,8 @@ class OptimizerConfig:
     beta_1, beta_2: Adam/AdamW moment decays.
     rho: RMSprop decay of the squared-gradient average.
     epsilon: denominator guard (Adam, RMSprop).
-    weight_decay: decoupled weight decay per step (0 = off).
+    weight_decay: decoupled weight decay; each step shrinks every variable by
+      learning rate x weight_decay (Keras semantics; 0 = off).
     ema_decay: decay of the exponential moving average of the weights used
       for evaluation and export (0 = off).
   """
