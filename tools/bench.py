@@ -271,11 +271,19 @@ def markdown(results):
   return "\n".join(lines) + "\n"
 
 
+def device_label(facts):
+  """Where the work ran, in words: the GPUs first where there are any, then the CPU."""
+  cpu = facts.get("cpu_label", facts.get("cpu", "unknown CPU"))
+  gpus = facts.get("gpus") or []
+  return f"GPU: {', '.join(gpus)}; CPU: {cpu}" if gpus else f"CPU: {cpu}"
+
+
 def machine():
   """What the figures were measured on, and the precision auto chooses there."""
   cpu = hardware.describe_cpu()
   policy, reason = hardware.choose_precision(hardware.detect())
-  gpus = [d.name for d in tf.config.list_physical_devices("GPU")]
+  gpus = [f"{name} (compute capability {major}.{minor})"
+          for name, (major, minor) in hardware.detect().gpus]
   return {"cpu": cpu["model"], "cpu_vector_isa": cpu["vector_isa"], "cpu_bf16": cpu["bf16"],
           "cpu_label": hardware.cpu_label(), "cores": os.cpu_count(), "gpus": gpus,
           "auto_precision": policy, "auto_precision_reason": reason,

@@ -82,8 +82,8 @@ def first_crossing(result, target):
 
 
 def markdown(results, targets, machine):
-  lines = [f"Test accuracy of kept checkpoints against seconds of training; CPU: "
-           f"{machine['cpu_label']}.", "",
+  lines = [f"Test accuracy of kept checkpoints against seconds of training; "
+           f"{bench.device_label(machine)}.", "",
            "| recipe | final test accuracy | training seconds | " +
            " | ".join(f"seconds to {t:g}%" for t in targets) + " |",
            "| --- | --- | --- | " + " | ".join("---" for _ in targets) + " |"]
@@ -111,7 +111,7 @@ def figure(results, targets, path, machine):
   ax.set_ylim(max(97.0, min(min(r["accuracy"]) * 100 for r in results) - 0.2), 100)
   ax.set_xlabel("seconds of training (log scale)")
   ax.set_ylabel("test accuracy (%)")
-  ax.set_title(f"Test accuracy against seconds of training\n{machine['cpu_label']}",
+  ax.set_title(f"Test accuracy against seconds of training\n{bench.device_label(machine)}",
                fontsize=8)
   ax.legend(loc="lower right", fontsize=8)
   ax.grid(True, which="both", linewidth=0.3)

@@ -93,6 +93,17 @@ def test_machine_names_the_cpu_its_bfloat16_and_the_auto_precision():
   assert facts["onednn"] == hardware.onednn_kernels()
 
 
+def test_machine_names_each_gpu_and_the_labels_put_it_first(monkeypatch):
+  h200 = hardware.Machine(cpu="Test CPU", gpus=(("NVIDIA H200", (9, 0)),))
+  monkeypatch.setattr(hardware, "detect", lambda: h200)
+  facts = bench.machine()
+  assert facts["gpus"] == ["NVIDIA H200 (compute capability 9.0)"]
+  assert facts["auto_precision"] == "mixed_bfloat16"
+  assert bench.device_label(facts) == (
+      f"GPU: NVIDIA H200 (compute capability 9.0); CPU: {facts['cpu_label']}")
+  assert bench.device_label({"cpu_label": "a CPU", "gpus": []}) == "CPU: a CPU"
+
+
 def test_markdown_writes_each_figure_as_median_and_range():
   summary = lambda *v: {"median": sorted(v)[len(v) // 2], "min": min(v), "max": max(v)}
   results = {"command": "python tools/benchmark.py", "repeats": 3, "steps": 10, "seeds": 3,
