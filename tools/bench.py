@@ -281,9 +281,10 @@ def device_label(facts):
 def machine():
   """What the figures were measured on, and the precision auto chooses there."""
   cpu = hardware.describe_cpu()
-  policy, reason = hardware.choose_precision(hardware.detect())
+  found = hardware.detect()
+  policy, reason = hardware.choose_precision(found)
   gpus = [f"{name} (compute capability {major}.{minor})"
-          for name, (major, minor) in hardware.detect().gpus]
+          for name, (major, minor) in found.gpus]
   return {"cpu": cpu["model"], "cpu_vector_isa": cpu["vector_isa"], "cpu_bf16": cpu["bf16"],
           "cpu_label": hardware.cpu_label(), "cores": os.cpu_count(), "gpus": gpus,
           "auto_precision": policy, "auto_precision_reason": reason,
