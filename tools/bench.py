@@ -214,6 +214,10 @@ def markdown(results):
     lines += [f"| {r['model']} | {r['precision']} | {r['global_batch_size']} | "
               f"{_spread(r['custom'])} | {_spread(r['fit'])} | "
               f"{_spread(r['ratio'], '{:.2f}')} |" for r in results["fit"]]
+    if any("fit_xla" in r for r in results["fit"]):
+      xla = [f"{r['model']} in {r['precision']}" for r in results["fit"] if r["fit_xla"]]
+      lines += ["", (f"Keras fit compiled its step with XLA for {', '.join(xla)}; the loop "
+                     "never does." if xla else "Neither side compiled its step with XLA.")]
     lines.append("")
   if "utilisation" in results:
     lines += ["### Hardware utilisation (seed LeNet, tfmnist loop)", "",

@@ -6,7 +6,8 @@ Sections (--sections; all by default):
                identical model (the seed LeNet and the Kaggle CNN), in float32
                and in the precision `--precision=auto` chooses on this machine
                (mixed bfloat16 where the CPU has AVX-512 BF16 or AMX), run
-               alternately in interleaved pairs.
+               alternately in interleaved pairs; both without XLA unless
+               --fit_xla=auto gives fit Keras's default.
   utilisation  the seed LeNet's training FLOP/s at batch 256 over the matrix-
                multiply rate of the same precision measured in the same run,
                for the same precisions.
@@ -57,6 +58,10 @@ _WARMUP = flags.DEFINE_integer("warmup_steps", 20,
 _MATMUL_SIZE = flags.DEFINE_integer("matmul_size", 2048, "Side of the matmul rate's matrices.")
 _FIT_MODELS = flags.DEFINE_list("fit_models", ["lenet", "kaggle_cnn"],
                                 "Models of the loop-vs-fit section.")
+_FIT_XLA = flags.DEFINE_enum(
+    "fit_xla", "off", ("off", "on", "auto"),
+    "Keras fit's jit_compile in the loop-vs-fit section: off compiles its step as the loop's, "
+    "without XLA; auto is Keras's default (XLA wherever there is a GPU).")
 _PRECISIONS = flags.DEFINE_list(
     "precisions", ["float32", "auto"], "Precisions of the loop-vs-fit and utilisation "
     "sections; auto: the one training chooses on this machine (a repeat is dropped).")
@@ -163,7 +168,7 @@ def _fit_command(mode, model, precision, batch):
                  f"--precision={precision}", f"--global_batch_size={batch}",
                  f"--steps={_STEPS.value}", f"--warmup_steps={_WARMUP.value}",
                  f"--records_dir={_RECORDS_DIR.value}",
-                 f"--dataset={_DATASET.value}")
+                 f"--dataset={_DATASET.value}", f"--fit_xla={_FIT_XLA.value}")
 
 
 def _images_per_second(command):
@@ -176,15 +181,18 @@ def section_fit():
   bar = _progress(len(cases) * _REPEATS.value * 2, "fit")
   rows = []
   for model, precision in cases:
-    runs = {"custom": [], "fit": []}
+    runs, xla = {"custom": [], "fit": []}, set()
     for repeat in range(_REPEATS.value):
       for mode in ("custom", "fit") if repeat % 2 == 0 else ("fit", "custom"):
-        runs[mode].append(_images_per_second(_fit_command(mode, model, precision, 128)))
+        _, result = bench.run_measurement(_fit_command(mode, model, precision, 128))
+        runs[mode].append(result["images_per_second"])
+        if mode == "fit":
+          xla.add(result["xla"])
         bar.update(1, **{mode: int(runs[mode][-1])})
     ratios = [c / f for c, f in zip(runs["custom"], runs["fit"])]
     rows.append({"model": model, "precision": precision, "global_batch_size": 128,
                  "custom": bench.summarize(runs["custom"]), "fit": bench.summarize(runs["fit"]),
-                 "ratio": bench.summarize(ratios)})
+                 "ratio": bench.summarize(ratios), "fit_xla": xla == {True}})
   return rows
 
 

@@ -3,14 +3,16 @@ r"""Training throughput of tfmnist's loop against Keras `model.fit`.
 
 Both train the same registered model (same layers, same stateless dropout)
 with the same optimizer, global batch, precision and batches, read from
-records into memory first; Keras fit runs with its default settings. One
+records into memory first; Keras fit runs with its default settings but one:
+its step is compiled without XLA, as the loop's is (`--fit_xla=auto` keeps
+Keras's default, which turns XLA on wherever TensorFlow sees a GPU). One
 mode per process, so whole-process timers can interleave and pair the runs:
 
   python tools/benchmark_fit.py --mode=custom --model=lenet
   python tools/benchmark_fit.py --mode=fit --model=lenet
 
 Prints one line of JSON with images/s over the timed steps (after a warm-up
-that includes tracing).
+that includes tracing) and whether the timed step was compiled with XLA.
 """
 
 import json
@@ -39,6 +41,10 @@ _MODEL = flags.DEFINE_string("model", "lenet", "Registered model.")
 _BATCH = flags.DEFINE_integer("global_batch_size", 128, "Images per step.")
 _STEPS = flags.DEFINE_integer("steps", 150, "Timed steps.")
 _WARMUP = flags.DEFINE_integer("warmup_steps", 20, "Untimed steps first (tracing).")
+_FIT_XLA = flags.DEFINE_enum(
+    "fit_xla", "off", ("off", "on", "auto"),
+    "Keras fit's jit_compile: off compiles its step as the loop's, without XLA; auto is "
+    "Keras's default (XLA wherever there is a GPU and no distribution strategy).")
 _PRECISION = flags.DEFINE_enum("precision", "float32", config_lib.PRECISIONS,
                                "dtype policy; auto: the one training would choose here.")
 
@@ -89,7 +95,7 @@ def run_custom(info, stacked):
   loop(iterator, tf.constant(_WARMUP.value)).numpy()
   start = time.perf_counter()
   loop(iterator, tf.constant(_STEPS.value)).numpy()
-  return time.perf_counter() - start
+  return time.perf_counter() - start, False
 
 
 class _Timer(keras.callbacks.Callback):
@@ -98,7 +104,9 @@ class _Timer(keras.callbacks.Callback):
   The clock stops at the end of the last step, not when `fit` returns: in
   about half of the processes here `fit` took 4.7 s more to return after its
   last callback, once per call, and counting that made Keras's steps look up
-  to 2.2x slower than they ran.
+  to 2.2x slower than they ran. Nor does it stop before the step has run:
+  a callback that defines on_train_batch_end makes Keras call it in turn,
+  after turning the step's logs into Python numbers, which waits for them.
   """
 
   def __init__(self, warmup_steps, last_step):
@@ -119,14 +127,15 @@ def run_fit(info, stacked):
   model(pixels.normalize(stacked["image"][0]))
   model.compile(optimizer=optim.create(optim.OptimizerConfig(), 1e-3),
                 loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                metrics=["accuracy"])
+                metrics=["accuracy"],
+                jit_compile={"off": False, "on": True, "auto": "auto"}[_FIT_XLA.value])
   # What a model.fit user writes: normalise in the input pipeline.
   dataset = tf.data.Dataset.from_tensor_slices(stacked).map(
       lambda b: (pixels.normalize(b["image"]), b["label"])).prefetch(tf.data.AUTOTUNE)
   timer = _Timer(_WARMUP.value, _WARMUP.value + _STEPS.value)
   model.fit(dataset, epochs=1, steps_per_epoch=_WARMUP.value + _STEPS.value, verbose=0,
             callbacks=[timer])
-  return timer.stop - timer.start
+  return timer.stop - timer.start, bool(model.jit_compile)
 
 
 def main(argv):
@@ -137,9 +146,9 @@ def main(argv):
   info = records.read_info(_RECORDS_DIR.value, _DATASET.value)
   files = records.split_files(_RECORDS_DIR.value, _DATASET.value, "train")
   stacked = batches(files, _WARMUP.value + _STEPS.value)
-  seconds = (run_custom if _MODE.value == "custom" else run_fit)(info, stacked)
+  seconds, xla = (run_custom if _MODE.value == "custom" else run_fit)(info, stacked)
   print(json.dumps({"mode": _MODE.value, "model": _MODEL.value, "precision": precision(),
-                    "global_batch_size": _BATCH.value, "steps": _STEPS.value,
+                    "global_batch_size": _BATCH.value, "steps": _STEPS.value, "xla": xla,
                     "seconds": seconds, "images_per_second": _STEPS.value * _BATCH.value / seconds}))
 
 

@@ -123,6 +123,24 @@ def test_markdown_writes_each_figure_as_median_and_range():
   assert "### Training throughput" not in text  # Only the sections that ran.
 
 
+def test_markdown_says_whether_fit_compiled_its_step_with_xla():
+  summary = lambda v: {"median": v, "min": v, "max": v}
+  row = {"model": "lenet", "precision": "float32", "global_batch_size": 128,
+         "custom": summary(1000.0), "fit": summary(800.0), "ratio": summary(1.25)}
+  results = {"command": "python tools/benchmark.py", "repeats": 1, "steps": 10,
+             "machine": {"cpu": "Test CPU", "cores": 2, "gpus": [], "tensorflow": "2.x",
+                         "python": "3.x"}, "fit": [dict(row)]}
+  text = bench.markdown(results)  # Results of before the choice was recorded.
+  assert "| lenet | float32 | 128 | 1,000 (1,000-1,000) | 800 (800-800) |" in text
+  assert "XLA" not in text
+  results["fit"] = [{**row, "fit_xla": False}]
+  assert "Neither side compiled its step with XLA." in bench.markdown(results)
+  results["fit"] = [{**row, "fit_xla": True}, {**row, "precision": "mixed_bfloat16",
+                                               "fit_xla": False}]
+  assert ("Keras fit compiled its step with XLA for lenet in float32; the loop never does."
+          in bench.markdown(results))
+
+
 @pytest.mark.parametrize("text,message", [
     ("missing.flags@99", "no flagfile missing.flags"),
     ("{flagfile}@fast", "is not flagfile@target_percent"),

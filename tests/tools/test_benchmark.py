@@ -4,6 +4,7 @@ import json
 
 import numpy as np
 import pytest
+import tensorflow as tf
 
 import train_fixtures as tfx
 from tfmnist import hardware
@@ -54,6 +55,22 @@ def test_fit_pairs_the_loop_with_keras_fit(measured):
   ratios = [c / f for c, f in zip(row["custom"]["runs"], row["fit"]["runs"])]
   assert row["ratio"]["runs"] == pytest.approx(ratios)
   assert "| mlp | float32 | 128 |" in markdown
+  # --fit_xla=off by default: both sides run the same kernels, without XLA.
+  assert all(r["fit_xla"] is False for r in results["fit"])
+  assert "Neither side compiled its step with XLA." in markdown
+
+
+@pytest.mark.parametrize("choice", ["on", "auto"])
+def test_fit_reports_whether_keras_compiled_its_step_with_xla(measured, choice):
+  records_dir = measured[3]
+  result = tfx.check(tfx.run([
+      tfx.PYTHON, str(tfx.REPO_ROOT / "tools" / "benchmark_fit.py"), "--mode=fit",
+      "--model=mlp", f"--records_dir={records_dir}", "--steps=2", "--warmup_steps=2",
+      f"--fit_xla={choice}"], timeout=600))
+  reported = json.loads(result.stdout.strip().splitlines()[-1])
+  # Keras's default turns XLA on only where TensorFlow sees a GPU (none in CI).
+  expected = choice == "on" or bool(tf.config.list_physical_devices("GPU"))
+  assert reported["xla"] is expected and reported["images_per_second"] > 0
 
 
 def test_utilisation_counts_the_seed_lenets_flops(measured):
