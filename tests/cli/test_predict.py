@@ -99,8 +99,11 @@ def setup(request, tmp_path_factory):
   with open(manifest_path, "w") as f:
     json.dump({**manifest, "train_splits": ["train", "validation"]}, f)
   s.refused_export = str(root / "refused_export")
+  s.tta_export = str(root / "tta_export")
+  s.refused_tta_export = str(root / "refused_tta_export")
   s.out = {name: root / f"out_{name}" for name in ("digit", "kannada", "bad_csv", "bad_image",
-                                                   "no_model", "weighted", "bad_weights")}
+                                                   "no_model", "weighted", "bad_weights",
+                                                   "tta_export")}
   for folder in s.out.values():
     folder.mkdir()
   model = f"--model_dir={run_dir}"
@@ -126,6 +129,14 @@ def setup(request, tmp_path_factory):
                      f"--export_ensemble={s.calibrated_export}"],
       "calibrate_trained": [f"--model_dir={s.refit_run}", "--calibrate_split=validation",
                             f"--export_ensemble={s.refused_export}"],
+      # The two members with test-time shifts, predicted and exported with them.
+      "tta_export": [model, f"--model_dir={root / 'members' / 'run_*'}", "--tta",
+                     f"--input={os.path.join(records_dir, 'mnist')}", "--split=test",
+                     f"--output={s.out['tta_export']}/pred.csv",
+                     f"--export_ensemble={s.tta_export}"],
+      # A bare export names no dataset: are mirror images among the views?
+      "tta_export_unknown_dataset": [f"--model_dir={s.member_dir}", "--tta",
+                                     f"--export_ensemble={s.refused_tta_export}"],
   }
   # The commands run in the background, two at a time, when slow tests are selected.
   s.jobs, s.commands = tfx.Jobs(max_parallel=2), commands
@@ -345,6 +356,29 @@ def test_calibrating_on_a_split_the_models_trained_on_is_refused(setup):
   _assert_one_line_error(_result(setup, "calibrate_trained"),
                          "--calibrate_split=validation: the models trained on validation")
   assert not os.path.exists(setup.refused_export)
+
+
+@pytest.mark.slow
+def test_tta_export_serves_what_tta_predicted(setup):
+  """--tta with --export_ensemble: the export averages over the 5 shifts itself, giving the
+  probabilities that predict --tta wrote; without a dataset to say whether mirror images
+  belong among the views, the export is refused and nothing is written."""
+  result = tfx.check(_result(setup, "tta_export"))
+  assert (f"ensemble of 2 models exported to {setup.tta_export}, averaging over 5 "
+          "test-time views") in result.stdout
+  with open(os.path.join(setup.tta_export, "manifest.json")) as f:
+    assert len(json.load(f)["tta_views"]) == 5
+  rows = _read_csv(os.path.join(setup.out["tta_export"], "pred.csv"))[1:]
+  images = pipeline.read_examples(
+      records.split_files(setup.records_dir, "mnist", "test")).image.numpy()
+  served = tf.saved_model.load(setup.tta_export).signatures["serving_default"](
+      images=tf.constant(images))["probabilities"].numpy()
+  np.testing.assert_allclose(served.max(-1), [float(r[-1]) for r in rows], atol=2e-6)
+  np.testing.assert_array_equal(served.argmax(-1), [int(r[2]) for r in rows])
+  np.testing.assert_allclose(served, setup.ensemble.predict(images, tta=True), atol=1e-5)
+  refused = _result(setup, "tta_export_unknown_dataset")
+  _assert_one_line_error(refused, "--tta with --export_ensemble", "mirror images")
+  assert not os.path.exists(setup.refused_tta_export)
 
 
 @pytest.mark.slow

@@ -278,3 +278,24 @@ def test_run_settings_carry_the_training_noise(trained, tmp_path):
   assert inference.ensemble_settings([run, trained.run_dir]).training_noise == 0.0
   assert inference.ensemble_settings([run, run]).training_noise == 0.5
 
+
+
+def test_report_of_an_export_with_built_in_views(trained, tmp_path):
+  """An ensemble exported with --tta's views is reported as test-time augmented, with its
+  own views' count, and scores what its members score with tta=True."""
+  ensemble = inference.Ensemble([trained.predictor], inference.ensemble_settings(
+      [trained.run_dir]))
+  ensemble.export(str(tmp_path / "tta"), inference.tta_views(True))
+  exported = inference.ExportedModel(str(tmp_path / "tta"))
+  assert len(exported.built_in_views) == 5
+  assert trained.predictor.built_in_views is None
+  folder, result = report.write_report(
+      report.ReportConfig(model_dir=str(tmp_path / "tta"), records_dir=trained.records_dir,
+                          output_dir=str(tmp_path / "report"), robustness=False), exported)
+  with open(os.path.join(folder, "metrics.json")) as f:
+    saved = json.load(f)
+  assert saved["tta"] is True and saved["tta_views"] == 5
+  tta = trained.predictor.predict(trained.images, tta=True).argmax(-1)
+  assert result["error_count"] == int(np.sum(tta != trained.labels))
+  with open(os.path.join(folder, "report.md")) as f:
+    assert "with test-time augmentation inside the export (5 views)" in f.read()

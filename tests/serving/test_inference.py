@@ -278,6 +278,45 @@ def test_ensemble_export_serves_the_average(trained, tmp_path):
     assert f.read().splitlines() == trained.predictor.class_names
 
 
+def test_export_view_is_shift_view_in_the_graph():
+  """export.view, the graph's shift and mirror, moves pixels exactly as shift_view does."""
+  images = np.random.default_rng(3).integers(0, 256, (4, 28, 28, 1), dtype=np.uint8)
+  for dx, dy, mirrored in inference.tta_views(True, mirror=True) + ((2, -3, False),):
+    expected = inference.shift_view(images, dx, dy, mirrored)
+    np.testing.assert_array_equal(
+        export.view(tf.constant(images), dx, dy, mirrored).numpy(), expected)
+    np.testing.assert_array_equal(  # Float pixels too: what LiteRT's graph takes.
+        export.view(tf.constant(images, tf.float32), dx, dy, mirrored).numpy(), expected)
+  assert not np.array_equal(inference.shift_view(images, 1, 0), images)
+
+
+def test_ensemble_export_with_views_serves_its_tta(trained, tmp_path):
+  """Exported with tta_views, an ensemble serves predict(tta=True) from every signature
+  and the float function, lists the views in its manifest, and refuses a second --tta."""
+  ensemble = inference.Ensemble([trained.predictor, trained.other],
+                                inference.ensemble_settings([trained.run_dir]), weights=[3, 1])
+  expected = ensemble.predict(trained.images, tta=True)
+  assert np.abs(expected - ensemble.predict(trained.images)).max() > 1e-4
+  destination = str(tmp_path / "tta")
+  ensemble.export(destination, inference.tta_views(True))
+  loaded = tf.saved_model.load(destination)
+  served = loaded.signatures["serving_nhw"](images=tf.constant(trained.images))
+  np.testing.assert_allclose(served["probabilities"].numpy(), expected, atol=1e-5)
+  pixels = tf.constant(trained.images[..., None], tf.float32)
+  np.testing.assert_allclose(loaded.probabilities_of_pixels(pixels).numpy(), expected,
+                             atol=1e-5)
+  with open(os.path.join(destination, "manifest.json")) as f:
+    assert json.load(f)["tta_views"] == [list(v) for v in inference.tta_views(True)]
+  exported = inference.ExportedModel(destination)
+  np.testing.assert_allclose(exported.predict(trained.images), expected, atol=1e-5)
+  with pytest.raises(ValueError, match="already averages over 5 test-time views"):
+    exported.predict(trained.images, tta=True)
+  # One view is the image alone: no views in the manifest.
+  ensemble.export(str(tmp_path / "plain"), inference.tta_views(False))
+  with open(tmp_path / "plain" / "manifest.json") as f:
+    assert "tta_views" not in json.load(f)
+
+
 def test_calibrated_ensemble_rescales_and_exports_its_temperature(trained, tmp_path):
   """An ensemble's temperature goes into its predictions and its export."""
   images, labels = tfx.synthetic_split(tfx.NUM_TEST, seed=11)

@@ -10,7 +10,8 @@ Inputs:
                          20x20 in a 28x28 frame centred by mass).
 Several --model_dir values (or globs) average their probabilities;
 --weights=3,1,1 weighs them (one number per run folder, in order);
---export_ensemble=DIR saves them as one SavedModel with the same signatures.
+--export_ensemble=DIR saves them as one SavedModel with the same signatures;
+with --tta, the export averages over the same views itself.
 --calibrate_split=validation fits a temperature on a split the models did
 not learn from, so that their probabilities say how often they are right.
 """
@@ -137,6 +138,23 @@ def write_csv(path, head, body):
   files.write_text_atomically(path, csv_text(head, body))
 
 
+def export_views(settings):
+  """The test-time views --export_ensemble puts inside the export (None: the image alone).
+
+  With --tta: the one-pixel shifts, and their mirror images when the classes
+  of the runs' dataset survive mirroring, as its info.json says.
+  """
+  from tfmnist.data import records  # pylint: disable=g-import-not-at-top
+  from tfmnist.serving import inference  # pylint: disable=g-import-not-at-top
+  if not _TTA.value:
+    return None
+  if not (settings.dataset and settings.records_dir):
+    raise DataError("--tta with --export_ensemble: the runs name no one dataset and records "
+                    "folder, so whether mirror images belong among the views is unknown")
+  digits = records.read_info(settings.records_dir, settings.dataset)["digits"]
+  return inference.tta_views(True, mirror=not digits)
+
+
 def calibrate(model, split, batch_size):
   """Fits the ensemble's temperature on `split` of its members' dataset; prints the gain."""
   from tfmnist.evaluation import calibration  # pylint: disable=g-import-not-at-top
@@ -162,10 +180,12 @@ def main(argv):
     if _CALIBRATE.value:
       calibrate(model, _CALIBRATE.value, _BATCH.value)
     if _EXPORT_ENSEMBLE.value:
-      model.export(_EXPORT_ENSEMBLE.value)
+      views = export_views(model.settings)
+      model.export(_EXPORT_ENSEMBLE.value, views)
       count = len(model.members)
       print(f"{'ensemble of ' if count > 1 else ''}{count} model{'s' if count > 1 else ''} "
-            f"exported to {_EXPORT_ENSEMBLE.value}")
+            f"exported to {_EXPORT_ENSEMBLE.value}"
+            f"{f', averaging over {len(views)} test-time views' if views else ''}")
     if not _INPUT.value:
       return
     inputs = read_inputs(_INPUT.value, model.num_classes, _SPLIT.value)

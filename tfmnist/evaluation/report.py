@@ -94,11 +94,13 @@ def _tensorboard(home, split, result, confusion_png, step):
 
 
 def _markdown(config, source, result, robust, robust_images, figure_names, seconds, mirror,
-              noisy=None):
+              noisy=None, built_in_views=0):
   tta = ""
   if config.tta:
     tta = (" with test-time augmentation (one-pixel shifts"
            f"{' and mirror images' if mirror else ''})")
+  elif built_in_views:
+    tta = f" with test-time augmentation inside the export ({built_in_views} views)"
   lines = [f"# Evaluation of {config.model_dir} on {config.dataset} / {config.split}", "",
            f"Model: `{source}`{tta}. "
            f"{result['count']} images, evaluated in {seconds:.1f} s.", "",
@@ -154,6 +156,8 @@ def write_report(config, predictor):
   class_names = info["class_names"]
 
   mirror = not info["digits"]
+  # An ensemble exported with --tta averages over its views itself.
+  built_in_views = len(predictor.built_in_views or ())
   bar = Progress(len(images), "images", desc=f"evaluating {config.dataset} {config.split}",
                  enabled=config.progress)
   probabilities = predictor.predict_with_progress(images, config.batch_size, config.tta,
@@ -209,7 +213,8 @@ def write_report(config, predictor):
     seconds = time.perf_counter() - start
     source = predictor.source
     output = {"model": source, "dataset": config.dataset, "split": config.split,
-              "tta": config.tta, "tta_views": len(inference.tta_views(config.tta, mirror)),
+              "tta": config.tta or bool(built_in_views),
+              "tta_views": built_in_views or len(inference.tta_views(config.tta, mirror)),
               "seconds": seconds, **result}
     if noisy:
       output["training_noise"] = noisy
@@ -220,7 +225,7 @@ def write_report(config, predictor):
       json.dump(output, f, indent=1)
     with open(os.path.join(tmp, "report.md"), "w") as f:
       f.write(_markdown(config, source, result, robust, robust_images, names, seconds, mirror,
-                        noisy))
+                        noisy, built_in_views))
     with open(os.path.join(tmp, names["confusion"]), "rb") as f:
       _tensorboard(home, config.split, result, f.read(), int(run.read_metrics().get("step", 0)))
   return final, output

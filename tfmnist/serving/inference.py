@@ -57,11 +57,14 @@ class Predictor:
     source: what the predictions come from, for reports (a folder, or several).
     members: the exported models averaged (a single model is its own member).
     weights: each member's share of the average, summing to 1.
+    built_in_views: the test-time views an ensemble exported with them
+      averages over itself; None for every other model.
   """
   class_names: list
   source: str
   members: list
   weights: list
+  built_in_views = None  # The views an export averages over itself (its manifest's tta_views).
 
   @property
   def num_classes(self):
@@ -113,8 +116,13 @@ class ExportedModel(Predictor):
     self.source = source or export_dir
     self.members = [self]
     self.weights = [1.0]
+    # An ensemble exported with test-time views averages over them itself.
+    self.built_in_views = run_dir.RunDir(export_dir).read_manifest().get("tta_views")
 
   def predict(self, images, batch_size=1000, tta=False, mirror=False):
+    if tta and self.built_in_views:
+      raise ValueError(f"{self.source} already averages over {len(self.built_in_views)} "
+                       "test-time views (its manifest.json's tta_views); drop --tta")
     images = _as_batch(images)
     views = tta_views(tta, mirror)
     total = np.zeros((len(images), self.num_classes), np.float64)
@@ -298,13 +306,17 @@ class Ensemble(Predictor):
     self.temperature = 1.0
     self.calibrated_on = ""
 
-  def export(self, destination):
+  def export(self, destination, views=None):
     """Writes the ensemble as one SavedModel with the single-model signatures.
 
     With settings, its manifest.json names the dataset, records folder and
     training splits, so that evaluation needs no dataset name for it.
+    `views` (tta_views(...)) puts test-time augmentation inside the export:
+    it then serves what predict(..., tta=True) gives, and its manifest
+    lists the views.
     """
     weights = self.weights if len(set(self.weights)) > 1 else None  # None: a plain mean.
+    views = tuple(views) if views and len(views) > 1 else None  # None: the image alone.
     manifest = None
     if self.settings:
       manifest = {**self.settings._asdict(), "members": [m.source for m in self.members]}
@@ -312,8 +324,10 @@ class Ensemble(Predictor):
         manifest["weights"] = weights
       if self.calibrated_on:
         manifest.update(temperature=self.temperature, calibrated_on=self.calibrated_on)
+      if views:
+        manifest["tta_views"] = [list(v) for v in views]
     export.export([m.loaded for m in self.members], self.class_names, destination, manifest,
-                  self.temperature, weights)
+                  self.temperature, weights, views)
     return destination
 
   def average(self, images, batch_size=1000, tta=False, mirror=False):

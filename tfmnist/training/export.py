@@ -49,16 +49,42 @@ def _probabilities_of_pixels(member, pixel_values):
       "probabilities"]
 
 
+# The image as it is: the one view of a model without test-time augmentation.
+IDENTITY_VIEW = ((0, 0, False),)
+
+
+def view(images, dx, dy, mirrored=False):
+  """[N, H, W, C] images of any dtype moved by whole pixels, then mirrored left-right.
+
+  dx > 0 moves the content right and dy > 0 down; zeros fill what it leaves.
+  The in-graph twin of serving.inference.shift_view, built from padding and
+  slicing, which LiteRT runs as builtin ops.
+  """
+  if dx or dy:
+    height, width = images.shape[1], images.shape[2]
+    padded = tf.pad(images, [[0, 0], [max(dy, 0), max(-dy, 0)], [max(dx, 0), max(-dx, 0)],
+                             [0, 0]])
+    top, left = max(-dy, 0), max(-dx, 0)
+    images = padded[:, top:top + height, left:left + width, :]
+  if mirrored:
+    images = tf.reverse(images, axis=[2])
+  return images
+
+
 class ServingModule(tf.Module):
   """Wraps a trained model, or several averaged, behind the serving signatures.
 
   Members may be Keras models or loaded tfmnist SavedModels (an ensemble of
-  exported runs).
+  exported runs). `views` ((dx, dy, mirrored) each; None: the image alone)
+  puts test-time augmentation inside: every signature averages the
+  members' probabilities over those views of its images.
   """
 
-  def __init__(self, models, class_names_path, temperature=1.0, weights=None):
+  def __init__(self, models, class_names_path, temperature=1.0, weights=None, views=None):
     super().__init__(name="tfmnist")
     self.models = list(models)
+    # Python tuples: the views are unrolled into the graph.
+    self.views = tuple(tuple(v) for v in views) if views else IDENTITY_VIEW
     self.temperature = float(temperature)
     # Python floats: they go into the graph as constants, not as variables.
     self.weights = None if weights is None else [float(w) for w in weights]
@@ -71,7 +97,7 @@ class ServingModule(tf.Module):
   def serve(self, images):
     """Probabilities and classes of uint8 images [N, 28, 28, 1] (`serving_default`)."""
     images = _checked(images, (28, 28, 1), "serving_nhw takes [N, 28, 28]")
-    probabilities = self._combined([_probabilities(m, images) for m in self.models])
+    probabilities = self._combined(lambda x: [_probabilities(m, x) for m in self.models], images)
     return {"probabilities": probabilities,
             "classes": tf.argmax(probabilities, axis=-1)}
 
@@ -85,14 +111,23 @@ class ServingModule(tf.Module):
     shape assertion (an op LiteRT lacks). Not a signature: TF Serving
     clients see only the uint8 ones.
     """
-    return self._combined([_probabilities_of_pixels(m, pixel_values) for m in self.models])
+    return self._combined(lambda x: [_probabilities_of_pixels(m, x) for m in self.models],
+                          pixel_values)
 
-  def _combined(self, probabilities):
-    """The members' (weighted) mean probabilities, temperature-scaled when one was fitted."""
-    if self.weights is None:
-      mean = tf.add_n(probabilities) / len(probabilities)
-    else:
-      mean = tf.add_n([w * p for w, p in zip(self.weights, probabilities)])
+  def _combined(self, members_probabilities, images):
+    """The members' (weighted) mean probabilities, averaged over the views of `images`,
+    temperature-scaled when one was fitted.
+
+    `members_probabilities(images)` gives each member's probabilities of `images`.
+    """
+    means = []
+    for dx, dy, mirrored in self.views:
+      probabilities = members_probabilities(view(images, dx, dy, mirrored))
+      if self.weights is None:
+        means.append(tf.add_n(probabilities) / len(probabilities))
+      else:
+        means.append(tf.add_n([w * p for w, p in zip(self.weights, probabilities)]))
+    mean = means[0] if len(means) == 1 else tf.add_n(means) / len(means)
     if self.temperature != 1.0:  # Temperature scaling, as metrics.apply_temperature.
       mean = tf.nn.softmax(tf.math.log(tf.maximum(mean, 1e-30)) / self.temperature)
     return mean
@@ -123,7 +158,8 @@ def _checked(images, shape, other):
     return tf.identity(images)
 
 
-def export(models, class_names, export_dir, manifest=None, temperature=1.0, weights=None):
+def export(models, class_names, export_dir, manifest=None, temperature=1.0, weights=None,
+           views=None):
   """Writes the SavedModel to `export_dir` atomically (temporary folder, rename).
 
   Args:
@@ -136,6 +172,8 @@ def export(models, class_names, export_dir, manifest=None, temperature=1.0, weig
     temperature: divides the log of the averaged probabilities before a
       softmax (temperature scaling); 1 leaves them as they are.
     weights: each model's share of the average (summing to 1); None: equal.
+    views: test-time views (dx, dy, mirrored) the export averages over
+      (serving.inference.tta_views); None: the image alone.
   """
   if not isinstance(models, (list, tuple)):
     models = [models]
@@ -144,7 +182,7 @@ def export(models, class_names, export_dir, manifest=None, temperature=1.0, weig
     os.makedirs(os.path.dirname(names_path))
     with open(names_path, "w") as f:
       f.write("".join(f"{name}\n" for name in class_names))
-    module = ServingModule(models, names_path, temperature, weights)
+    module = ServingModule(models, names_path, temperature, weights, views)
     tf.saved_model.save(module, tmp, signatures={"serving_default": module.serve,
                                                   "serving_nhw": module.serve_nhw})
     shutil.rmtree(os.path.dirname(names_path))
