@@ -311,6 +311,10 @@ def test_ensemble_export_with_views_serves_its_tta(trained, tmp_path):
   np.testing.assert_allclose(exported.predict(trained.images), expected, atol=1e-5)
   with pytest.raises(ValueError, match="already averages over 5 test-time views"):
     exported.predict(trained.images, tta=True)
+  with pytest.raises(ValueError, match="already averages over 5 test-time views"):
+    inference.Ensemble([exported, trained.other]).export(str(tmp_path / "twice"),
+                                                         inference.tta_views(True))
+  assert not os.path.exists(tmp_path / "twice")
   # One view is the image alone: no views in the manifest.
   ensemble.export(str(tmp_path / "plain"), inference.tta_views(False))
   with open(tmp_path / "plain" / "manifest.json") as f:

@@ -317,6 +317,11 @@ class Ensemble(Predictor):
     """
     weights = self.weights if len(set(self.weights)) > 1 else None  # None: a plain mean.
     views = tuple(views) if views and len(views) > 1 else None  # None: the image alone.
+    if views:
+      for member in self.members:
+        if member.built_in_views:
+          raise ValueError(f"{member.source} already averages over {len(member.built_in_views)} "
+                           "test-time views (its manifest.json's tta_views); drop --tta")
     manifest = None
     if self.settings:
       manifest = {**self.settings._asdict(), "members": [m.source for m in self.members]}
