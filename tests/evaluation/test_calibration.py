@@ -32,6 +32,25 @@ def test_calibrate_fits_the_temperature_on_the_held_out_split(ensemble):
   np.testing.assert_array_equal(ensemble.predict(images).argmax(-1), plain.argmax(-1))
 
 
+def test_calibrate_with_tta_fits_on_the_averages_over_the_views(ensemble):
+  """With tta, the temperature is the one for the probabilities that predict(tta=True)
+  scales, not for the plain ones."""
+  settings = ensemble.settings
+  _, images, labels = pipeline.read_labelled(settings.records_dir, settings.dataset,
+                                             "validation")
+  tta = inference.Ensemble(ensemble.members, settings)
+  averaged = tta.average(images, tta=True)
+  count, before, _ = calibration.calibrate(tta, "validation", tta=True)
+  assert count == len(labels)
+  assert tta.temperature == pytest.approx(metrics.fit_temperature(labels, averaged))
+  assert tta.temperature != pytest.approx(
+      metrics.fit_temperature(labels, tta.average(images)), abs=1e-3)
+  assert before == pytest.approx(metrics.log_loss(labels, averaged))
+  assert tta.calibrated_on == "mnist validation with test-time augmentation"
+  np.testing.assert_allclose(tta.predict(images, tta=True),
+                             metrics.apply_temperature(averaged, tta.temperature), atol=1e-6)
+
+
 def test_calibrate_refuses_a_split_the_models_trained_on(ensemble):
   with pytest.raises(DataError, match="the models trained on train"):
     calibration.calibrate(ensemble, "train")

@@ -155,11 +155,15 @@ def export_views(settings):
   return inference.tta_views(True, mirror=not digits)
 
 
-def calibrate(model, split, batch_size):
-  """Fits the ensemble's temperature on `split` of its members' dataset; prints the gain."""
+def calibrate(model, split, batch_size, tta):
+  """Fits the ensemble's temperature on `split` of its members' dataset; prints the gain.
+
+  With `tta`, on the averages over the test-time views that predictions and
+  the export then use.
+  """
   from tfmnist.evaluation import calibration  # pylint: disable=g-import-not-at-top
   try:
-    count, before, after = calibration.calibrate(model, split, batch_size)
+    count, before, after = calibration.calibrate(model, split, batch_size, tta)
   except DataError as e:
     raise DataError(f"--calibrate_split={split}: {e}") from None
   print(f"temperature {model.temperature:.4f} fitted on {model.calibrated_on} "
@@ -178,7 +182,7 @@ def main(argv):
     model = inference.Ensemble([inference.load(d, _CHECKPOINT.value) for d in model_dirs],
                                inference.ensemble_settings(model_dirs), weights)
     if _CALIBRATE.value:
-      calibrate(model, _CALIBRATE.value, _BATCH.value)
+      calibrate(model, _CALIBRATE.value, _BATCH.value, _TTA.value)
     if _EXPORT_ENSEMBLE.value:
       views = export_views(model.settings)
       model.export(_EXPORT_ENSEMBLE.value, views)

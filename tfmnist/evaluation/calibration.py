@@ -10,7 +10,7 @@ from tfmnist.errors import DataError
 from tfmnist.evaluation import report
 
 
-def calibrate(ensemble, split, batch_size=1000):
+def calibrate(ensemble, split, batch_size=1000, tta=False):
   """Fits `ensemble.temperature` on `split` of the dataset its members trained on.
 
   Args:
@@ -18,6 +18,9 @@ def calibrate(ensemble, split, batch_size=1000):
       the splits its members trained on).
     split: the held-out split, e.g. "validation".
     batch_size: images per model call.
+    tta: fit on the averages over the test-time views (inference.tta_views;
+      mirror images when the dataset is not digits), the probabilities that
+      the temperature will then scale.
 
   Returns:
     (images, log loss before, log loss after) on the split's images.
@@ -32,11 +35,12 @@ def calibrate(ensemble, split, batch_size=1000):
   if split in settings.train_splits:
     raise DataError(f"the models trained on {split}; calibrate on a split none of them "
                     "learned from")
-  _, images, labels = report.read_split_for(ensemble, settings.records_dir, settings.dataset,
-                                            split)
-  # The plain, non-TTA probabilities.
-  plain = ensemble.average(images, batch_size)
+  info, images, labels = report.read_split_for(ensemble, settings.records_dir,
+                                               settings.dataset, split)
+  # The probabilities before any temperature, over the views predictions will use.
+  plain = ensemble.average(images, batch_size, tta, mirror=not info["digits"])
   ensemble.temperature = metrics.fit_temperature(labels, plain)
-  ensemble.calibrated_on = f"{settings.dataset} {split}"
+  ensemble.calibrated_on = (f"{settings.dataset} {split}"
+                            f"{' with test-time augmentation' if tta else ''}")
   scaled = metrics.apply_temperature(plain, ensemble.temperature)
   return len(labels), metrics.log_loss(labels, plain), metrics.log_loss(labels, scaled)
