@@ -155,7 +155,7 @@ def export_views(settings):
   return inference.tta_views(True, mirror=not digits)
 
 
-def calibrate(model, split, batch_size, tta):
+def calibrate(model, split, batch_size, tta=False):
   """Fits the ensemble's temperature on `split` of its members' dataset; prints the gain.
 
   With `tta`, on the averages over the test-time views that predictions and
