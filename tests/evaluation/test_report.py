@@ -279,7 +279,6 @@ def test_run_settings_carry_the_training_noise(trained, tmp_path):
   assert inference.ensemble_settings([run, run]).training_noise == 0.5
 
 
-
 def test_report_of_an_export_with_built_in_views(trained, tmp_path):
   """An ensemble exported with --tta's views is reported as test-time augmented, with its
   own views' count, and scores what its members score with tta=True."""

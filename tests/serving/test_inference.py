@@ -278,11 +278,22 @@ def test_ensemble_export_serves_the_average(trained, tmp_path):
     assert f.read().splitlines() == trained.predictor.class_names
 
 
+def _moved_by_hand(images, dx, dy, mirrored):
+  """images moved dx right and dy down (zeros fill), then mirrored: numpy slicing."""
+  moved = np.zeros_like(images)
+  height, width = images.shape[1:3]
+  moved[:, max(dy, 0):height + min(dy, 0), max(dx, 0):width + min(dx, 0)] = \
+      images[:, max(-dy, 0):height - max(dy, 0), max(-dx, 0):width - max(dx, 0)]
+  return moved[:, :, ::-1] if mirrored else moved
+
+
 def test_export_view_is_shift_view_in_the_graph():
-  """export.view, the graph's shift and mirror, moves pixels exactly as shift_view does."""
+  """export.view, the graph's shift and mirror, moves pixels exactly as shift_view does,
+  and as slicing by hand does."""
   images = np.random.default_rng(3).integers(0, 256, (4, 28, 28, 1), dtype=np.uint8)
   for dx, dy, mirrored in inference.tta_views(True, mirror=True) + ((2, -3, False),):
     expected = inference.shift_view(images, dx, dy, mirrored)
+    np.testing.assert_array_equal(expected, _moved_by_hand(images, dx, dy, mirrored))
     np.testing.assert_array_equal(
         export.view(tf.constant(images), dx, dy, mirrored).numpy(), expected)
     np.testing.assert_array_equal(  # Float pixels too: what LiteRT's graph takes.

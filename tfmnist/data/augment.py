@@ -10,9 +10,9 @@ Geometry (rotation, zoom, shift, shear and elastic distortion) is fused into
 one map from output to input coordinates and one bilinear resampling, so the
 image is interpolated once however many transforms are on.
 
-The building blocks are the image operations of tfmnist: test-time shifts
-(`translate`) and the robustness sweeps (`rotate`, `gaussian_noise`) use the
-same ops as training's augmentation.
+The building blocks are the image operations of tfmnist: the robustness
+sweeps (`rotate`, `translate`, `gaussian_noise`) use the same ops as
+training's augmentation.
 """
 
 import dataclasses

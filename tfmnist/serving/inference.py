@@ -19,7 +19,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfmnist import metrics, run_dir
-from tfmnist.data import augment, records
+from tfmnist.data import records
 from tfmnist.errors import DataError
 from tfmnist.training import config as config_lib
 from tfmnist.training import export
@@ -34,19 +34,19 @@ TTA_SHIFTS = ((0, 0), (1, 0), (-1, 0), (0, 1), (0, -1))
 def tta_views(tta, mirror=False):
   """The (dx, dy, mirrored) views whose predictions are averaged."""
   if not tta:
-    return ((0, 0, False),)
+    return export.IDENTITY_VIEW
   return tuple((dx, dy, flip) for flip in ((False, True) if mirror else (False,))
                for dx, dy in TTA_SHIFTS)
 
 
 def shift_view(images, dx, dy, mirrored=False):
-  """uint8 images [N, 28, 28, 1] moved by whole pixels (and mirrored left-right)."""
-  if dx or dy:
-    moved = augment.translate(tf.cast(images, tf.float32), dx, dy)
-    images = tf.cast(moved, tf.uint8).numpy()  # Exact: whole-pixel moves copy pixels.
-  if mirrored:
-    images = np.ascontiguousarray(images[:, :, ::-1])
-  return images
+  """uint8 images [N, 28, 28, 1] moved by whole pixels (and mirrored left-right).
+
+  The same op (export.view) that an export with test-time views runs in its graph.
+  """
+  if not (dx or dy or mirrored):
+    return images
+  return export.view(tf.constant(images), dx, dy, mirrored).numpy()
 
 
 class Predictor:
@@ -120,9 +120,8 @@ class ExportedModel(Predictor):
     self.built_in_views = run_dir.RunDir(export_dir).read_manifest().get("tta_views")
 
   def predict(self, images, batch_size=1000, tta=False, mirror=False):
-    if tta and self.built_in_views:
-      raise ValueError(f"{self.source} already averages over {len(self.built_in_views)} "
-                       "test-time views (its manifest.json's tta_views); drop --tta")
+    if tta:
+      _refuse_more_views(self)
     images = _as_batch(images)
     views = tta_views(tta, mirror)
     total = np.zeros((len(images), self.num_classes), np.float64)
@@ -132,6 +131,15 @@ class ExportedModel(Predictor):
         batch = tf.constant(moved[start:start + batch_size])
         total[start:start + batch_size] += self._serve(images=batch)["probabilities"].numpy()
     return (total / len(views)).astype(np.float32)
+
+
+def _refuse_more_views(predictor):
+  """Raises ValueError when `predictor` already averages over test-time views itself:
+  test-time augmentation on top would compound them (5 shifts of 5 shifts)."""
+  if predictor.built_in_views:
+    raise ValueError(f"{predictor.source} already averages over "
+                     f"{len(predictor.built_in_views)} test-time views (its manifest.json's "
+                     "tta_views); drop --tta")
 
 
 def _as_batch(images):
@@ -319,9 +327,7 @@ class Ensemble(Predictor):
     views = tuple(views) if views and len(views) > 1 else None  # None: the image alone.
     if views:
       for member in self.members:
-        if member.built_in_views:
-          raise ValueError(f"{member.source} already averages over {len(member.built_in_views)} "
-                           "test-time views (its manifest.json's tta_views); drop --tta")
+        _refuse_more_views(member)
     manifest = None
     if self.settings:
       manifest = {**self.settings._asdict(), "members": [m.source for m in self.members]}
