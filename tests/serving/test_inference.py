@@ -326,6 +326,9 @@ def test_ensemble_export_with_views_serves_its_tta(trained, tmp_path):
     inference.Ensemble([exported, trained.other]).export(str(tmp_path / "twice"),
                                                          inference.tta_views(True))
   assert not os.path.exists(tmp_path / "twice")
+  # Without settings the manifest still lists the views, so that loaders know them.
+  inference.Ensemble([trained.predictor]).export(str(tmp_path / "bare"), inference.tta_views(True))
+  assert len(inference.ExportedModel(str(tmp_path / "bare")).built_in_views) == 5
   # One view is the image alone: no views in the manifest.
   ensemble.export(str(tmp_path / "plain"), inference.tta_views(False))
   with open(tmp_path / "plain" / "manifest.json") as f:

@@ -328,17 +328,17 @@ class Ensemble(Predictor):
     if views:
       for member in self.members:
         _refuse_more_views(member)
-    manifest = None
+    manifest = {}
     if self.settings:
       manifest = {**self.settings._asdict(), "members": [m.source for m in self.members]}
       if weights:
         manifest["weights"] = weights
       if self.calibrated_on:
         manifest.update(temperature=self.temperature, calibrated_on=self.calibrated_on)
-      if views:
-        manifest["tta_views"] = [list(v) for v in views]
-    export.export([m.loaded for m in self.members], self.class_names, destination, manifest,
-                  self.temperature, weights, views)
+    if views:  # Always: loaders read them to refuse a second set (ExportedModel).
+      manifest["tta_views"] = [list(v) for v in views]
+    export.export([m.loaded for m in self.members], self.class_names, destination,
+                  manifest or None, self.temperature, weights, views)
     return destination
 
   def average(self, images, batch_size=1000, tta=False, mirror=False):
