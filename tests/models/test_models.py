@@ -40,8 +40,8 @@ def test_every_model_gives_float32_logits(name, policy):
 
 
 def test_registry_lists_the_models_and_rejects_unknown_names():
-  assert {"mlp", "lenet", "lenet5", "kaggle_cnn", "strided_bn", "strided_bn_deskew",
-          "deep_cnn", "fast_cnn", "fast_cnn_lite", "fast_cnn16", "fast_cnn4",
+  assert {"mlp", "lenet", "lenet5", "kaggle_cnn", "strided_bn", "strided_bn_wide",
+          "strided_bn_deskew", "deep_cnn", "fast_cnn", "fast_cnn_lite", "fast_cnn16", "fast_cnn4",
           "fast_cnn4_lite", "fast_cnn4_16", "resnet", "m3", "m5", "m7"} <= set(models.names())
   with pytest.raises(ValueError, match="unknown model 'nope'.*lenet5"):
     models.create("nope", 10)
@@ -49,6 +49,7 @@ def test_registry_lists_the_models_and_rejects_unknown_names():
 
 @pytest.mark.parametrize("name,count", [("lenet", 1_199_882), ("kaggle_cnn", 887_530),
                                         ("lenet5", 61_706), ("strided_bn", 326_826),
+                                        ("strided_bn_wide", 732_922),
                                         ("fast_cnn", 98_986), ("fast_cnn_lite", 50_242),
                                         ("fast_cnn16", 47_706), ("fast_cnn4", 142_506),
                                         ("fast_cnn4_lite", 89_090), ("fast_cnn4_16", 86_554)])
@@ -56,6 +57,18 @@ def test_parameter_counts(name, count):
   model = models.create(name, 10)
   model(_images(1), training=False)
   assert model.count_params() == count
+
+
+def test_strided_bn_wide_is_strided_bn_with_half_again_the_channels():
+  def convolutions(name):
+    model = models.create(name, NUM_CLASSES)
+    model(_images(1), training=False)
+    return [(layer.filters, layer.kernel_size, layer.strides) for layer in model.stack
+            if isinstance(layer, keras.layers.Conv2D)]
+
+  plain, wide = convolutions("strided_bn"), convolutions("strided_bn_wide")
+  assert [(3 * filters // 2, kernel, strides) for filters, kernel, strides in plain] == wide
+  assert all(filters % 16 == 0 for filters, _, _ in wide)
 
 
 def test_dropout_is_the_identity_when_not_training():
@@ -161,8 +174,9 @@ def _randomise_batch_norms(model, seed=0):
 
 @pytest.mark.parametrize("policy,tolerance", [("float32", 1e-5), ("mixed_bfloat16", 0.05)],
                          indirect=["policy"])
-@pytest.mark.parametrize("name", ["strided_bn", "fast_cnn_lite", "fast_cnn16", "fast_cnn4",
-                                  "fast_cnn4_lite", "fast_cnn4_16", "deep_cnn", "resnet", "m7"])
+@pytest.mark.parametrize("name", ["strided_bn", "strided_bn_wide", "fast_cnn_lite", "fast_cnn16",
+                                  "fast_cnn4", "fast_cnn4_lite", "fast_cnn4_16", "deep_cnn",
+                                  "resnet", "m7"])
 def test_folded_inference_equals_the_plain_layers(name, policy, tolerance, monkeypatch):
   model = models.create(name, NUM_CLASSES)
   images = _images(4)

@@ -1,6 +1,7 @@
 """Sequential networks: an MLP, LeNet-5, the seed LeNet, the Kaggle CNN, a deep
-BatchNorm net, and the small BatchNorm nets strided_bn, strided_bn_deskew,
-fast_cnn, fast_cnn_lite, fast_cnn16, fast_cnn4, fast_cnn4_lite and fast_cnn4_16."""
+BatchNorm net, and the small BatchNorm nets strided_bn, strided_bn_wide,
+strided_bn_deskew, fast_cnn, fast_cnn_lite, fast_cnn16, fast_cnn4, fast_cnn4_lite
+and fast_cnn4_16."""
 
 import keras
 
@@ -177,14 +178,25 @@ class StridedBNDeskew(Sequence):
                      name="strided_bn_deskew")
 
 
-def _strided_bn_layers(num_classes, dropout):
+@register("strided_bn_wide")
+class StridedBNWide(Sequence):
+  """strided_bn with half again as many channels in every convolution
+  (48, 96 and 192): 732,922 parameters, about 2.2x the multiply-adds. Every
+  width is a multiple of 16, the block of oneDNN's bfloat16 kernels."""
+
+  def __init__(self, num_classes, dropout=0.4):
+    super().__init__(_strided_bn_layers(num_classes, dropout, widths=(48, 96, 192)),
+                     name="strided_bn_wide")
+
+
+def _strided_bn_layers(num_classes, dropout, widths=(32, 64, 128)):
   layers = []
-  for block, filters in enumerate((32, 64)):
+  for block, filters in enumerate(widths[:2]):
     for kernel, stride in ((3, 1), (3, 1), (5, 2)):
       padding = "same" if stride == 2 else "valid"
       layers += conv_bn_relu(filters, kernel, stride, padding)
     layers += [Dropout(dropout, salt=block)]
-  return layers + conv_bn_relu(128, 4) + [L.Flatten(), Dropout(dropout, salt=2),
+  return layers + conv_bn_relu(widths[2], 4) + [L.Flatten(), Dropout(dropout, salt=2),
                                           _logits(num_classes)]
 
 
