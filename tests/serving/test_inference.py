@@ -323,8 +323,7 @@ def test_ensemble_export_with_views_serves_its_tta(trained, tmp_path):
   with pytest.raises(ValueError, match="already averages over 5 test-time views"):
     exported.predict(trained.images, tta=True)
   with pytest.raises(ValueError, match="already averages over 5 test-time views"):
-    inference.Ensemble([exported, trained.other]).export(str(tmp_path / "twice"),
-                                                         inference.tta_views(True))
+    inference.Ensemble([exported]).export(str(tmp_path / "twice"), inference.tta_views(True))
   assert not os.path.exists(tmp_path / "twice")
   # Without settings the manifest still lists the views, so that loaders know them.
   inference.Ensemble([trained.predictor]).export(str(tmp_path / "bare"), inference.tta_views(True))
@@ -333,6 +332,29 @@ def test_ensemble_export_with_views_serves_its_tta(trained, tmp_path):
   ensemble.export(str(tmp_path / "plain"), inference.tta_views(False))
   with open(tmp_path / "plain" / "manifest.json") as f:
     assert "tta_views" not in json.load(f)
+
+
+def test_ensemble_of_exports_with_views_keeps_listing_them(trained, tmp_path):
+  """Averaged again without --tta, exports that carry views pass them on in the
+  manifest (a loader refuses a second set), and a mix with a model that reads
+  the image alone is refused, since the average would read the images unevenly."""
+  inference.Ensemble([trained.predictor]).export(str(tmp_path / "a"), inference.tta_views(True))
+  inference.Ensemble([trained.other]).export(str(tmp_path / "b"), inference.tta_views(True))
+  first, second = (inference.ExportedModel(str(tmp_path / n)) for n in "ab")
+  both = inference.Ensemble([first, second])
+  assert both.built_in_views == first.built_in_views
+  both.export(str(tmp_path / "both"))
+  again = inference.ExportedModel(str(tmp_path / "both"))
+  assert again.built_in_views == [list(v) for v in inference.tta_views(True)]
+  expected = inference.Ensemble([trained.predictor, trained.other]).predict(trained.images,
+                                                                            tta=True)
+  np.testing.assert_allclose(again.predict(trained.images), expected, atol=1e-5)
+  with pytest.raises(ValueError, match="already averages over 5 test-time views"):
+    again.predict(trained.images, tta=True)
+  assert inference.Ensemble([trained.predictor, trained.other]).built_in_views is None
+  with pytest.raises(DataError, match=r"different test-time views \(.*: 5 test-time views, "
+                                      r".*: no test-time views\)"):
+    inference.Ensemble([first, trained.other])
 
 
 def test_calibrated_ensemble_rescales_and_exports_its_temperature(trained, tmp_path):

@@ -133,6 +133,22 @@ class ExportedModel(Predictor):
     return (total / len(views)).astype(np.float32)
 
 
+def _shared_views(members):
+  """The test-time views every one of `members` averages over itself, None for none.
+
+  Raises:
+    DataError: some members average over views and others do not, or over
+      other views: their average would read the images unevenly.
+  """
+  views = [tuple(tuple(v) for v in m.built_in_views or ()) for m in members]
+  if len(set(views)) > 1:
+    counts = ", ".join(f"{m.source}: {len(v) or 'no'} test-time view{'s' if len(v) != 1 else ''}"
+                       for m, v in zip(members, views))
+    raise DataError(f"the models average over different test-time views ({counts}); "
+                    "export them alike, with or without --tta, before averaging them")
+  return [list(v) for v in views[0]] or None
+
+
 def _refuse_more_views(predictor):
   """Raises ValueError when `predictor` already averages over test-time views itself:
   test-time augmentation on top would compound them (5 shifts of 5 shifts)."""
@@ -310,6 +326,7 @@ class Ensemble(Predictor):
     self.weights = [share * w for p, share in zip(predictors, shares) for w in p.weights]
     self.class_names = names
     self.source = ", ".join(m.source for m in self.members)
+    self.built_in_views = _shared_views(self.members)
     self.settings = settings
     self.temperature = 1.0
     self.calibrated_on = ""
@@ -335,8 +352,10 @@ class Ensemble(Predictor):
         manifest["weights"] = weights
       if self.calibrated_on:
         manifest.update(temperature=self.temperature, calibrated_on=self.calibrated_on)
-    if views:  # Always: loaders read them to refuse a second set (ExportedModel).
-      manifest["tta_views"] = [list(v) for v in views]
+    # Always, the members' own views too: loaders read them to refuse a second set.
+    listed = views or self.built_in_views
+    if listed:
+      manifest["tta_views"] = [list(v) for v in listed]
     export.export([m.loaded for m in self.members], self.class_names, destination,
                   manifest or None, self.temperature, weights, views)
     return destination
