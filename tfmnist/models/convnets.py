@@ -197,7 +197,7 @@ def _strided_bn_layers(num_classes, dropout, widths=(32, 64, 128)):
       layers += conv_bn_relu(filters, kernel, stride, padding)
     layers += [Dropout(dropout, salt=block)]
   return layers + conv_bn_relu(widths[2], 4) + [L.Flatten(), Dropout(dropout, salt=2),
-                                          _logits(num_classes)]
+                                                 _logits(num_classes)]
 
 
 @register("fast_cnn")

@@ -57,8 +57,9 @@ class Predictor:
     source: what the predictions come from, for reports (a folder, or several).
     members: the exported models averaged (a single model is its own member).
     weights: each member's share of the average, summing to 1.
-    built_in_views: the test-time views an ensemble exported with them
-      averages over itself; None for every other model.
+    built_in_views: the test-time views the model averages over itself (an
+      ensemble exported with them, or an average of such exports); None for
+      every other model.
   """
   class_names: list
   source: str
