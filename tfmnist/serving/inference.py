@@ -344,8 +344,7 @@ class Ensemble(Predictor):
     weights = self.weights if len(set(self.weights)) > 1 else None  # None: a plain mean.
     views = tuple(views) if views and len(views) > 1 else None  # None: the image alone.
     if views:
-      for member in self.members:
-        _refuse_more_views(member)
+      _refuse_more_views(self)  # Members with views of their own all share them.
     manifest = {}
     if self.settings:
       manifest = {**self.settings._asdict(), "members": [m.source for m in self.members]}
