@@ -1,5 +1,5 @@
 """Tests of the training loop, in process: metrics, checkpointed state, early stopping,
-EMA, precision, tracing, SIGTERM, refits, synchronised BatchNorm and clipping.
+EMA and SWA, precision, tracing, SIGTERM, refits, synchronised BatchNorm and clipping.
 
 Runs of `python -m tfmnist.train` itself are in tests/cli/test_train.py.
 """
@@ -554,6 +554,72 @@ def test_weight_average_decay_warms_up():
   np.testing.assert_allclose(decays[:3], [0.1, 2 / 11, 0.5], rtol=1e-6)
   assert decays[3] < 0.999 and decays == sorted(decays)
   np.testing.assert_allclose(decays[4:], [0.999, 0.999], rtol=1e-6)
+
+
+def test_swa_is_the_equal_mean_of_the_weights_from_its_start():
+  variable = tf.Variable([0.0])
+  average = optim.WeightAverage([variable], start_step=2)
+  for step, value in enumerate([1.0, 2.0, 4.0, 8.0, 16.0]):
+    variable.assign([value])
+    average.update([variable], step=step)
+    if step < 2:  # Before the start the average follows the weights.
+      np.testing.assert_array_equal(average.averages[0].numpy(), [value])
+  np.testing.assert_allclose(average.averages[0].numpy(), [(4.0 + 8.0 + 16.0) / 3], rtol=1e-6)
+  with pytest.raises(ValueError, match="EMA .* or SWA .*, not both"):
+    optim.WeightAverage([variable], decay=0.9, start_step=2)
+
+
+def test_swa_run_evaluates_exports_and_resumes_the_mean_of_each_step_from_its_start(
+    tmp_path, records_dir):
+  """SWA from epoch 1 of 2: every step's raw weights are checkpointed, and the
+  average the run validates and exports is their mean over the second epoch;
+  a run stopped inside the averaging and resumed ends bit for bit the same."""
+  fields = dict(epochs=2, swa_start_epoch=1, learning_rate=3e-3, schedule="cosine",
+                final_lr_fraction=0.5, deterministic=True, steps_per_loop=1)
+  final = tfx.train_in_process(tmp_path / "run", records_dir, export=True,
+                               checkpoint_every_steps=1, keep_checkpoints=TOTAL_STEPS, **fields)
+  folder = str(tmp_path / "run" / "checkpoints")
+  raw = {step: tfx.checkpoint_values(os.path.join(folder, f"ckpt-{step}"))
+         for step in range(STEPS_PER_EPOCH + 1, TOTAL_STEPS + 1)}
+  run, val = tfx.restore_run(tmp_path / "run", records_dir, **fields)
+  names = [n for n in raw[TOTAL_STEPS] if n.startswith("model/") and "OPTIMIZER" not in n]
+  assert names and len(run.weight_average.averages) == len(run.model.variables)
+  model_values = [v.numpy() for v in run.model.variables]
+  for value, average in zip(model_values, run.weight_average.averages):
+    name = next(n for n in names if np.array_equal(raw[TOTAL_STEPS][n], value))
+    mean = np.mean([raw[step][name] for step in raw], axis=0)
+    np.testing.assert_allclose(average.numpy(), mean, rtol=1e-5, atol=1e-6)
+  # The cosine ended at the start and held its floor through the averaging.
+  assert run.learning_rate == pytest.approx(3e-3 * 0.5, rel=1e-6)
+  exported = tf.saved_model.load(str(tmp_path / "run" / "export"))
+  served = exported.signatures["serving_default"](images=val.image)["probabilities"].numpy()
+  with checkpoints.EmaWeights(run.model, run.weight_average):
+    averaged = tf.nn.softmax(run.model(pixels.normalize(val.image), training=False)).numpy()
+  np.testing.assert_allclose(served, averaged, atol=1e-5)
+  assert final["val_accuracy"] == pytest.approx(
+      np.mean(np.argmax(served, 1) == val.label.numpy()), abs=1e-9)
+  # Stopped after 21 steps, 6 into the average, then resumed.
+  tfx.train_in_process(tmp_path / "resumed", records_dir, **{**fields, "epochs": 1.4})
+  tfx.train_in_process(tmp_path / "resumed", records_dir, **fields)
+  # (Its shorter first run validated at step 21 as well, one stale epoch more.)
+  weights = [tfx.checkpoint_values(path) for path in (folder, tmp_path / "resumed" / "checkpoints")]
+  tfx.assert_identical(*[{n: v for n, v in values.items() if n.split("/")[0] in
+                          ("model", "optimizer", "weight_average", "step")} for values in weights])
+
+
+@pytest.mark.parametrize("fields, message", [
+    (dict(swa_start_epoch=1, epochs=2, optimizer=optim.OptimizerConfig(ema_decay=0.9)),
+     "swa_start_epoch=1 and ema_decay=0.9 are two weight averages; choose one"),
+    (dict(swa_start_epoch=2, epochs=2),
+     "swa_start_epoch=2 must lie between warmup_epochs=0 and epochs=2"),
+    (dict(swa_start_epoch=0.5, epochs=2, warmup_epochs=1),
+     "swa_start_epoch=0.5 must lie between warmup_epochs=1 and epochs=2"),
+])
+def test_swa_settings_that_cannot_work_are_refused(tmp_path, records_dir, fields, message):
+  with pytest.raises(ValueError) as raised:
+    tfx.train_in_process(tmp_path / "run", records_dir, **fields)
+  assert str(raised.value) == message
+  assert not os.path.exists(tmp_path / "run" / "checkpoints")
 
 
 @pytest.mark.parametrize("precision", ["float32", "mixed_float16"])

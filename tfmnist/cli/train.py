@@ -68,6 +68,10 @@ _WEIGHT_DECAY = flags.DEFINE_float("weight_decay", 0.0, "Decoupled weight decay:
                                     "the weights by learning rate x this.")
 _EMA_DECAY = flags.DEFINE_float("ema_decay", 0.0, "EMA decay of weights for eval/export, warmed up "
                                   "as min(decay, (1 + step) / (10 + step)); 0 off.")
+_SWA_START = flags.DEFINE_float(
+    "swa_start_epoch", 0.0, "From this epoch on, evaluate and export the equal-weight mean of "
+    "the weights after each step (SWA); a cosine schedule ends here and holds "
+    "final_lr_fraction x learning_rate; 0 off. Pair with --recompute_bn_statistics.")
 _LABEL_SMOOTHING = flags.DEFINE_float("label_smoothing", 0.0, "Label smoothing (fraction).")
 _CLIP_NORM = flags.DEFINE_float("clip_norm", 0.0, "Clip gradients to this global norm; 0 off.")
 # Learning-rate schedule.
@@ -144,7 +148,7 @@ def config_from_flags():
       precision=_PRECISION.value, steps_per_loop=_STEPS_PER_LOOP.value,
       checkpoint_every_steps=_CKPT_STEPS.value, keep_checkpoints=_KEEP.value,
       early_stopping_patience=_EARLY_STOP.value,
-      recompute_bn_statistics=_RECOMPUTE_BN.value,
+      recompute_bn_statistics=_RECOMPUTE_BN.value, swa_start_epoch=_SWA_START.value,
       augment=augment_flags.augment_config(),
       sharding=_SHARDING.value, train_splits=tuple(_TRAIN_SPLITS.value),
       validation_split=_VALIDATION_SPLIT.value,

@@ -164,7 +164,7 @@ class EmaWeights:
   """Context that swaps the weight average in (evaluation, export) and back.
 
   Every model variable is swapped, BatchNorm statistics included (see
-  optim.WeightAverage). A no-op without an average (ema_decay 0).
+  optim.WeightAverage). A no-op without an average (no EMA, no SWA).
 
   Args:
     model: the Keras model.

@@ -52,6 +52,9 @@ class TrainConfig:
   # At the end: each BatchNorm's statistics measured over the training
   # images at inference (models.batch_norm_statistics).
   recompute_bn_statistics: bool = False
+  # From this epoch on, evaluation and export use the equal-weight mean of
+  # the weights after each step (SWA); a cosine schedule ends here. 0: off.
+  swa_start_epoch: float = 0.0
   augment: augment_lib.AugmentConfig = dataclasses.field(
       default_factory=augment_lib.AugmentConfig)
   sharding: str = "auto"
@@ -120,6 +123,14 @@ def check(config, info, num_replicas):
                       f"{', '.join(info['splits'])}){hint}")
   if not config.train_splits:
     raise ValueError("train_splits is empty; name the splits to train on")
+  if config.swa_start_epoch:
+    if config.optimizer.ema_decay:
+      raise ValueError(f"swa_start_epoch={config.swa_start_epoch:g} and "
+                       f"ema_decay={config.optimizer.ema_decay:g} are two weight averages; "
+                       "choose one")
+    if not config.warmup_epochs <= config.swa_start_epoch < config.epochs:
+      raise ValueError(f"swa_start_epoch={config.swa_start_epoch:g} must lie between "
+                       f"warmup_epochs={config.warmup_epochs:g} and epochs={config.epochs:g}")
   if config.validation_split in config.train_splits:
     raise ValueError(f"validation_split={config.validation_split} is also in train_splits; "
                      "set validation_split= (empty) to train without validation")
@@ -131,6 +142,24 @@ def check(config, info, num_replicas):
       several = len(needs) > 1
       raise ValueError(f"{' and '.join(needs)} need{'' if several else 's'} a validation split; "
                        f"drop {'them' if several else 'it'} or set validation_split")
+
+
+def swa_start_step(config, steps_per_epoch):
+  """The step from which the weights are averaged (SWA), and a cosine schedule ends."""
+  return int(round(config.swa_start_epoch * steps_per_epoch))
+
+
+def weight_average(config, variables, steps_per_epoch):
+  """The run's optim.WeightAverage of `variables` (EMA or SWA), or None without one.
+
+  Restoring a checkpoint needs only the averages' variables: any
+  steps_per_epoch builds them.
+  """
+  if config.swa_start_epoch > 0:
+    return optim.WeightAverage(variables, start_step=swa_start_step(config, steps_per_epoch))
+  if config.optimizer.ema_decay > 0:
+    return optim.WeightAverage(variables, config.optimizer.ema_decay)
+  return None
 
 
 def check_precision(precision):

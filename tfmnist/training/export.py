@@ -21,7 +21,6 @@ from tfmnist.data import pixels
 from tfmnist.errors import DataError
 from tfmnist.training import checkpoints as checkpoints_lib
 from tfmnist.training import config as config_lib
-from tfmnist.training import optim
 
 CLASS_NAMES_FILE = "class_names.txt"
 
@@ -285,9 +284,8 @@ def restore_model(config, checkpoint, num_classes, policy="float32"):
   path = checkpoint_path(config.model_dir, checkpoint)
   model = _build(config.model, num_classes, policy)
   saved = {"model": model}
-  weight_average = None
-  if config.optimizer.ema_decay > 0:
-    weight_average = optim.WeightAverage(model.variables, config.optimizer.ema_decay)
+  weight_average = config_lib.weight_average(config, model.variables, steps_per_epoch=1)
+  if weight_average is not None:
     saved["weight_average"] = weight_average
   try:
     tf.train.Checkpoint(**saved).restore(path).expect_partial() \

@@ -1,4 +1,4 @@
-"""Optimizers by name, with weight decay and loss scaling; the weight average (EMA)."""
+"""Optimizers by name, with weight decay and loss scaling; the weight average (EMA or SWA)."""
 
 import dataclasses
 
@@ -65,27 +65,37 @@ def create(config, learning_rate, loss_scaling=False):
 
 
 class WeightAverage(tf.Module):
-  """Exponential moving average of every variable of a model.
+  """Average of every variable of a model over the training steps: EMA or SWA.
 
   Keras's optimizer EMA averages the trainable weights only. A BatchNorm
   model evaluated with averaged weights but the raw moving statistics is
   inconsistent (here strided_bn scored 27% on validation that way while it
   trained at 98%), so this averages all of `model.variables`, BatchNorm
-  statistics included. The averages start as copies of the variables, and
-  the decay warms up as min(decay, (1 + n) / (10 + n)) after n updates, so
-  the initial weights fade within the first steps instead of holding the
-  average near them (at 0.999 they kept strided_bn at chance on validation
-  for seven epochs of best.flags). n is the training step, which the
-  checkpoint keeps, so a resumed run averages as an uninterrupted one.
+  statistics included. The averages start as copies of the variables. Each
+  update is average = d * average + (1 - d) * variable, with d by kind:
+  - EMA (`decay`): d warms up as min(decay, (1 + n) / (10 + n)) after n
+    updates, so the initial weights fade within the first steps instead of
+    holding the average near them (at 0.999 they kept strided_bn at chance
+    on validation for seven epochs of best.flags);
+  - SWA (`start_step`): d is 0 before the start, so the average follows the
+    weights, and n / (n + 1) from the start, where the update is the n-th
+    after it: the equal-weight mean of the weights after every step from
+    the start on (Izmailov et al. 2018, stochastic weight averaging).
+  n counts training steps, which the checkpoint keeps, so a resumed run
+  averages as an uninterrupted one.
 
   Args:
     variables: the model's variables (create this in the strategy scope).
-    decay: weight of the old average at each update.
+    decay: EMA: weight of the old average at each update.
+    start_step: SWA: the step whose weights the mean starts with (None: EMA).
   """
 
-  def __init__(self, variables, decay):
+  def __init__(self, variables, decay=0.0, start_step=None):
     super().__init__(name="weight_average")
+    if (start_step is None) == (not decay):
+      raise ValueError("a weight average is an EMA (decay) or SWA (start_step), not both")
     self.decay = float(decay)
+    self.start_step = start_step
     # ONLY_FIRST_REPLICA: every replica holds the same weights after the
     # update, and a replica-context assign needs an aggregation.
     self.averages = [tf.Variable(tf.convert_to_tensor(v), trainable=False, name=f"average_{i}",
@@ -95,6 +105,9 @@ class WeightAverage(tf.Module):
   def decay_at(self, step):
     """The decay of the update after `step` earlier ones (a scalar float32 tensor)."""
     n = tf.cast(step, tf.float32)
+    if self.start_step is not None:
+      since = tf.maximum(n - float(self.start_step), 0.0)
+      return since / (since + 1.0)
     return tf.minimum(self.decay, (1.0 + n) / (10.0 + n))
 
   def update(self, variables, step):

@@ -9,6 +9,7 @@ import tensorflow as tf
 
 from tfmnist import models
 from tfmnist.data import pixels
+from tfmnist.training import config as config_lib
 from tfmnist.training import optim, schedules
 
 
@@ -34,7 +35,13 @@ class Run:
 
 
 def schedule_config(config, total_steps, steps_per_epoch):
-  """The ScheduleConfig of a TrainConfig: every duration in steps, converted once."""
+  """The ScheduleConfig of a TrainConfig: every duration in steps, converted once.
+
+  With SWA the schedule's run ends where the average starts: a cosine holds
+  final_lr_fraction x learning_rate from there on.
+  """
+  if config.swa_start_epoch > 0:
+    total_steps = config_lib.swa_start_step(config, steps_per_epoch)
   return schedules.ScheduleConfig(
       name=config.schedule, base_lr=config.learning_rate, total_steps=total_steps,
       warmup_steps=int(round(config.warmup_epochs * steps_per_epoch)),
@@ -70,11 +77,10 @@ def create_run(config, strategy, num_classes, sample_images, total_steps, steps_
     stale_epochs = tf.Variable(0, dtype=tf.int64, trainable=False, name="stale_epochs")
     train_loss = keras.metrics.Mean("loss")
     train_accuracy = keras.metrics.SparseCategoricalAccuracy("accuracy")
-    weight_average = None
     saved = dict(model=model, optimizer=optimizer, plateau=plateau, step=step,
                  best_accuracy=best_accuracy, stale_epochs=stale_epochs)
-    if config.optimizer.ema_decay > 0:
-      weight_average = optim.WeightAverage(model.variables, config.optimizer.ema_decay)
+    weight_average = config_lib.weight_average(config, model.variables, steps_per_epoch)
+    if weight_average is not None:
       saved["weight_average"] = weight_average
     checkpoint = tf.train.Checkpoint(**saved)
   return Run(strategy, model, optimizer, plateau, step, best_accuracy, stale_epochs,

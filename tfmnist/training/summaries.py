@@ -101,5 +101,6 @@ def hparams_of(config):
   flat["optimizer"] = config.optimizer.name
   flat["weight_decay"] = config.optimizer.weight_decay
   flat["ema_decay"] = config.optimizer.ema_decay
+  flat["swa_start_epoch"] = config.swa_start_epoch
   flat["augment"] = config.augment.enabled
   return flat
