@@ -300,7 +300,7 @@ def restore_model(config, checkpoint, num_classes, policy="float32"):
 
 
 def export_checkpoint(config, checkpoint, export_dir, class_names):
-  """Exports one checkpoint of a run as a float32 SavedModel (its EMA weights when it kept them).
+  """Exports one checkpoint of a run as a float32 SavedModel (its weight average if it kept one).
 
   Args:
     config: the run's TrainConfig with its precision resolved (config.json).
