@@ -70,8 +70,8 @@ _EMA_DECAY = flags.DEFINE_float("ema_decay", 0.0, "EMA decay of weights for eval
                                   "as min(decay, (1 + step) / (10 + step)); 0 off.")
 _SWA_START = flags.DEFINE_float(
     "swa_start_epoch", 0.0, "From this epoch on, evaluate and export the equal-weight mean of "
-    "the weights after each step (SWA); a cosine schedule ends here and holds "
-    "final_lr_fraction x learning_rate; 0 off. Pair with --recompute_bn_statistics.")
+    "the weights after each step (SWA); a cosine or one-cycle schedule ends here and holds "
+    "its final rate (cosine: final_lr_fraction x learning_rate); 0 off.")
 _LABEL_SMOOTHING = flags.DEFINE_float("label_smoothing", 0.0, "Label smoothing (fraction).")
 _CLIP_NORM = flags.DEFINE_float("clip_norm", 0.0, "Clip gradients to this global norm; 0 off.")
 # Learning-rate schedule.

@@ -53,7 +53,8 @@ class TrainConfig:
   # images at inference (models.batch_norm_statistics).
   recompute_bn_statistics: bool = False
   # From this epoch on, evaluation and export use the equal-weight mean of
-  # the weights after each step (SWA); a cosine schedule ends here. 0: off.
+  # the weights after each step (SWA); a cosine or one-cycle schedule ends
+  # here and holds its final rate. 0: off.
   swa_start_epoch: float = 0.0
   augment: augment_lib.AugmentConfig = dataclasses.field(
       default_factory=augment_lib.AugmentConfig)
@@ -145,7 +146,7 @@ def check(config, info, num_replicas):
 
 
 def swa_start_step(config, steps_per_epoch):
-  """The step from which the weights are averaged (SWA), and a cosine schedule ends."""
+  """The step from which the weights are averaged (SWA), and where the schedule ends."""
   return int(round(config.swa_start_epoch * steps_per_epoch))
 
 

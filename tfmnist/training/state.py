@@ -38,7 +38,7 @@ def schedule_config(config, total_steps, steps_per_epoch):
   """The ScheduleConfig of a TrainConfig: every duration in steps, converted once.
 
   With SWA the schedule's run ends where the average starts: a cosine holds
-  final_lr_fraction x learning_rate from there on.
+  final_lr_fraction x learning_rate from there on, a one-cycle its last rate.
   """
   if config.swa_start_epoch > 0:
     total_steps = config_lib.swa_start_step(config, steps_per_epoch)
