@@ -611,9 +611,11 @@ def test_swa_run_evaluates_exports_and_resumes_the_mean_of_each_step_from_its_st
     (dict(swa_start_epoch=1, epochs=2, optimizer=optim.OptimizerConfig(ema_decay=0.9)),
      "swa_start_epoch=1 and ema_decay=0.9 are two weight averages; choose one"),
     (dict(swa_start_epoch=2, epochs=2),
-     "swa_start_epoch=2 must lie between warmup_epochs=0 and epochs=2"),
+     "swa_start_epoch=2 must lie between warmup_epochs=0 and epochs=2; move it, or set it to 0 "
+     "to train without the average"),
     (dict(swa_start_epoch=0.5, epochs=2, warmup_epochs=1),
-     "swa_start_epoch=0.5 must lie between warmup_epochs=1 and epochs=2"),
+     "swa_start_epoch=0.5 must lie between warmup_epochs=1 and epochs=2; move it, or set it to "
+     "0 to train without the average"),
 ])
 def test_swa_settings_that_cannot_work_are_refused(tmp_path, records_dir, fields, message):
   with pytest.raises(ValueError) as raised:

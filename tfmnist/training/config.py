@@ -131,7 +131,8 @@ def check(config, info, num_replicas):
                        "choose one")
     if not config.warmup_epochs <= config.swa_start_epoch < config.epochs:
       raise ValueError(f"swa_start_epoch={config.swa_start_epoch:g} must lie between "
-                       f"warmup_epochs={config.warmup_epochs:g} and epochs={config.epochs:g}")
+                       f"warmup_epochs={config.warmup_epochs:g} and epochs={config.epochs:g}; "
+                       "move it, or set it to 0 to train without the average")
   if config.validation_split in config.train_splits:
     raise ValueError(f"validation_split={config.validation_split} is also in train_splits; "
                      "set validation_split= (empty) to train without validation")
