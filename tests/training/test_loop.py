@@ -565,8 +565,9 @@ def test_swa_is_the_equal_mean_of_the_weights_from_its_start():
     if step < 2:  # Before the start the average follows the weights.
       np.testing.assert_array_equal(average.averages[0].numpy(), [value])
   np.testing.assert_allclose(average.averages[0].numpy(), [(4.0 + 8.0 + 16.0) / 3], rtol=1e-6)
-  with pytest.raises(ValueError, match="EMA .* or SWA .*, not both"):
-    optim.WeightAverage([variable], decay=0.9, start_step=2)
+  for fields in (dict(decay=0.9, start_step=2), {}):
+    with pytest.raises(ValueError, match=r"EMA \(decay\) or SWA \(start_step\): give one of"):
+      optim.WeightAverage([variable], **fields)
 
 
 def test_swa_run_evaluates_exports_and_resumes_the_mean_of_each_step_from_its_start(

@@ -93,7 +93,8 @@ class WeightAverage(tf.Module):
   def __init__(self, variables, decay=0.0, start_step=None):
     super().__init__(name="weight_average")
     if (start_step is None) == (not decay):
-      raise ValueError("a weight average is an EMA (decay) or SWA (start_step), not both")
+      raise ValueError("a weight average is an EMA (decay) or SWA (start_step): "
+                       "give one of the two")
     self.decay = float(decay)
     self.start_step = start_step
     # ONLY_FIRST_REPLICA: every replica holds the same weights after the
