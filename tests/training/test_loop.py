@@ -557,14 +557,23 @@ def test_weight_average_decay_warms_up():
 
 
 def test_swa_is_the_equal_mean_of_the_weights_from_its_start():
+  """Before the start the update leaves the average alone and `follow` copies
+  the weights in; from the start the updates average and `follow` does nothing."""
   variable = tf.Variable([0.0])
   average = optim.WeightAverage([variable], start_step=2)
   for step, value in enumerate([1.0, 2.0, 4.0, 8.0, 16.0]):
     variable.assign([value])
     average.update([variable], step=step)
+    if step < 2:
+      np.testing.assert_array_equal(average.averages[0].numpy(), [0.0 if step == 0 else 1.0])
+    average.follow([variable], step=step + 1)
     if step < 2:  # Before the start the average follows the weights.
       np.testing.assert_array_equal(average.averages[0].numpy(), [value])
   np.testing.assert_allclose(average.averages[0].numpy(), [(4.0 + 8.0 + 16.0) / 3], rtol=1e-6)
+  ema = optim.WeightAverage([variable], decay=0.5)
+  variable.assign([2.0])
+  ema.follow([variable], step=0)
+  np.testing.assert_array_equal(ema.averages[0].numpy(), [16.0])
   for fields in (dict(decay=0.9, start_step=2), {}):
     with pytest.raises(ValueError, match=r"EMA \(decay\) or SWA \(start_step\): give one of"):
       optim.WeightAverage([variable], **fields)
@@ -572,23 +581,31 @@ def test_swa_is_the_equal_mean_of_the_weights_from_its_start():
 
 def test_swa_run_evaluates_exports_and_resumes_the_mean_of_each_step_from_its_start(
     tmp_path, records_dir):
-  """SWA from epoch 1 of 2: every step's raw weights are checkpointed, and the
-  average the run validates and exports is their mean over the second epoch;
-  a run stopped inside the averaging and resumed ends bit for bit the same."""
-  fields = dict(epochs=2, swa_start_epoch=1, learning_rate=3e-3, schedule="cosine",
+  """SWA from the middle of epoch 2 of 2 (step 22 of 30): every step's raw
+  weights are checkpointed, each checkpoint before the start holds them as
+  its average, and the average the run validates and exports is their mean
+  from the start on; a run that trains 4 steps per loop (one loop straddles
+  the start), stopped inside the averaging and resumed, ends bit for bit the
+  same."""
+  fields = dict(epochs=2, swa_start_epoch=1.5, learning_rate=3e-3, schedule="cosine",
                 final_lr_fraction=0.5, deterministic=True, steps_per_loop=1)
+  start = 22  # round(1.5 x 15)
   final = tfx.train_in_process(tmp_path / "run", records_dir, export=True,
                                checkpoint_every_steps=1, keep_checkpoints=TOTAL_STEPS, **fields)
   folder = str(tmp_path / "run" / "checkpoints")
   raw = {step: tfx.checkpoint_values(os.path.join(folder, f"ckpt-{step}"))
-         for step in range(STEPS_PER_EPOCH + 1, TOTAL_STEPS + 1)}
+         for step in range(1, TOTAL_STEPS + 1)}
   run, val = tfx.restore_run(tmp_path / "run", records_dir, **fields)
   names = [n for n in raw[TOTAL_STEPS] if n.startswith("model/") and "OPTIMIZER" not in n]
   assert names and len(run.weight_average.averages) == len(run.model.variables)
+  for step in (1, STEPS_PER_EPOCH, start):
+    model_values = [raw[step][n] for n in names]
+    averages = [v for n, v in raw[step].items() if n.startswith("weight_average/")]
+    assert averages and all(any(np.array_equal(a, m) for m in model_values) for a in averages), step
   model_values = [v.numpy() for v in run.model.variables]
   for value, average in zip(model_values, run.weight_average.averages):
     name = next(n for n in names if np.array_equal(raw[TOTAL_STEPS][n], value))
-    mean = np.mean([raw[step][name] for step in raw], axis=0)
+    mean = np.mean([raw[step][name] for step in range(start + 1, TOTAL_STEPS + 1)], axis=0)
     np.testing.assert_allclose(average.numpy(), mean, rtol=1e-5, atol=1e-6)
   # The cosine ended at the start and held its floor through the averaging.
   assert run.learning_rate == pytest.approx(3e-3 * 0.5, rel=1e-6)
@@ -599,10 +616,12 @@ def test_swa_run_evaluates_exports_and_resumes_the_mean_of_each_step_from_its_st
   np.testing.assert_allclose(served, averaged, atol=1e-5)
   assert final["val_accuracy"] == pytest.approx(
       np.mean(np.argmax(served, 1) == val.label.numpy()), abs=1e-9)
-  # Stopped after 21 steps, 6 into the average, then resumed.
-  tfx.train_in_process(tmp_path / "resumed", records_dir, **{**fields, "epochs": 1.4})
-  tfx.train_in_process(tmp_path / "resumed", records_dir, **fields)
-  # (Its shorter first run validated at step 21 as well, one stale epoch more.)
+  # Stopped after 24 steps, 2 into the average, then resumed; loops of steps
+  # 15-19 and 19-23 in epoch 2, the second across the start.
+  chunked = {**fields, "steps_per_loop": 4}
+  tfx.train_in_process(tmp_path / "resumed", records_dir, **{**chunked, "epochs": 1.6})
+  tfx.train_in_process(tmp_path / "resumed", records_dir, **chunked)
+  # (Its shorter first run validated at step 24 as well, one stale epoch more.)
   weights = [tfx.checkpoint_values(path) for path in (folder, tmp_path / "resumed" / "checkpoints")]
   tfx.assert_identical(*[{n: v for n, v in values.items() if n.split("/")[0] in
                           ("model", "optimizer", "weight_average", "step")} for values in weights])

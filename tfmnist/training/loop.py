@@ -214,6 +214,8 @@ class _Loop:
                             step % config.checkpoint_every_steps)
           start = time.perf_counter()
           losses = train_loop(iterator, tf.constant(num_steps, tf.int32)).numpy()
+          if run.weight_average is not None:
+            run.weight_average.follow(run.model.variables, step + num_steps)
           step = self._after_loop(step, num_steps, losses, time.perf_counter() - start, bar)
           if preemption.should_stop():
             break

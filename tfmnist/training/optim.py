@@ -81,6 +81,11 @@ class WeightAverage(tf.Module):
     weights, and n / (n + 1) from the start, where the update is the n-th
     after it: the equal-weight mean of the weights after every step from
     the start on (Izmailov et al. 2018, stochastic weight averaging).
+    Before the start the train step skips the update, a copy of every
+    variable, and `follow` makes the copy once each time the training loop
+    hands back control, before anything reads the average: validation,
+    checkpoints and the export see what an update at every step would have
+    left.
   n counts training steps, which the checkpoint keeps, so a resumed run
   averages as an uninterrupted one.
 
@@ -114,12 +119,36 @@ class WeightAverage(tf.Module):
   def update(self, variables, step):
     """average = d * average + (1 - d) * variable, d = decay_at(step); runs in replica context.
 
+    SWA skips the update before its start (see `follow`).
+
     Args:
       variables: the model's variables, in the order given at construction.
       step: how many updates came before this one (the training step).
     """
-    decay = self.decay_at(step)
-    for average, variable in zip(self.averages, variables):
-      value = tf.convert_to_tensor(variable)
-      average.assign(tf.cast(decay, value.dtype) * average +
-                     tf.cast(1.0 - decay, value.dtype) * value)
+
+    def assign():
+      decay = self.decay_at(step)
+      for average, variable in zip(self.averages, variables):
+        value = tf.convert_to_tensor(variable)
+        average.assign(tf.cast(decay, value.dtype) * average +
+                       tf.cast(1.0 - decay, value.dtype) * value)
+      return tf.constant(True)
+
+    if self.start_step is None:
+      assign()
+    else:
+      tf.cond(tf.cast(step, tf.int64) >= self.start_step, assign, lambda: tf.constant(False))
+
+  def follow(self, variables, step):
+    """SWA before its start: average = variable, what the skipped updates would have left.
+
+    Call it after training steps and before the average is read; a no-op for
+    an EMA and from the SWA's start on, where the updates keep the average.
+
+    Args:
+      variables: the model's variables, in the order given at construction.
+      step: the training steps done so far.
+    """
+    if self.start_step is not None and step <= self.start_step:
+      for average, variable in zip(self.averages, variables):
+        average.assign(variable)
