@@ -327,8 +327,7 @@ class _Loop:
       count = batch_norm_statistics.recompute(copy, images, config.eval_batch_size, on_layer)
       run.model.set_weights(copy.get_weights())
       if run.weight_average is not None:  # What the context restores is the raw weights.
-        for variable, average in zip(run.model.variables, run.weight_average.averages):
-          average.assign(variable)
+        run.weight_average.copy_from(run.model.variables)
     self.checkpoints.save(step)
     self.say(f"step {step}: BatchNorm statistics of {count} layers recomputed over "
              f"{len(images):,} training images in {time.perf_counter() - started:.0f} s")

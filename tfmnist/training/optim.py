@@ -150,5 +150,9 @@ class WeightAverage(tf.Module):
       step: the training steps done so far.
     """
     if self.start_step is not None and step <= self.start_step:
-      for average, variable in zip(self.averages, variables):
-        average.assign(variable)
+      self.copy_from(variables)
+
+  def copy_from(self, variables):
+    """average = variable for every variable (cross-replica or eager)."""
+    for average, variable in zip(self.averages, variables):
+      average.assign(variable)
