@@ -180,8 +180,7 @@ class EmaWeights:
     if self.weight_average is not None:
       variables = self.model.variables
       self.saved = [tf.identity(v) for v in variables]
-      for variable, average in zip(variables, self.weight_average.averages):
-        variable.assign(average)
+      self.weight_average.copy_to(variables)
     return self
 
   def __exit__(self, *exc):

@@ -294,8 +294,7 @@ def restore_model(config, checkpoint, num_classes, policy="float32"):
     raise DataError(f"{path}: cannot restore this run's model from it "
                     f"({str(e).splitlines()[0]})") from None
   if weight_average is not None:  # For good: this model only serves.
-    for variable, average in zip(model.variables, weight_average.averages):
-      variable.assign(average)
+    weight_average.copy_to(model.variables)
   return model, path
 
 

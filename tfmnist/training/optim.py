@@ -156,3 +156,9 @@ class WeightAverage(tf.Module):
     """average = variable for every variable (cross-replica or eager)."""
     for average, variable in zip(self.averages, variables):
       average.assign(variable)
+
+  def copy_to(self, variables):
+    """variable = average for every variable (cross-replica or eager): the weights become
+    the average, for validation, the export or serving."""
+    for variable, average in zip(variables, self.averages):
+      variable.assign(average)
